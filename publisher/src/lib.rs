@@ -1,0 +1,1 @@
+//! rill publisher (work pending: see the issue tracker).

@@ -1,0 +1,1 @@
+//! rill swarm (work pending: see the issue tracker).

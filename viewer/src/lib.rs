@@ -1,0 +1,1 @@
+//! rill viewer (work pending: see the issue tracker).
