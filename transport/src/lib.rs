@@ -19,6 +19,7 @@ pub mod endpoint;
 pub mod ranges;
 pub mod rtt;
 mod session;
+mod stream_floor;
 pub mod vlink;
 pub mod wire;
 

@@ -20,11 +20,10 @@
 //! for background traffic but would starve the live stream behind a loss-based TCP flow
 //! that keeps the bottleneck buffer full. So the window is class-aware:
 //! - **Background** may send only while bytes in flight < cwnd: a scavenger.
-//! - **Stream** may send while bytes in flight < max(cwnd, stream floor), where the floor is
-//!   [`STREAM_FLOOR_HEADROOM`] × the rate at which the application offers stream bytes ×
-//!   smoothed RTT. The stream thus never needs more than its own bitrate, which it keeps
-//!   whatever the queueing delay; it still backs off entirely when a loss-rate circuit
-//!   breaker trips ([`CIRCUIT_BREAKER_LOSS`], in the spirit of RFC 8084).
+//! - **Stream** may send while bytes in flight < max(cwnd, stream floor), where the floor
+//!   (see `stream_floor.rs`) is the stream's own offered rate with headroom, bounded by a
+//!   loss-based allowance: the stream keeps its bitrate whatever the queueing delay, and
+//!   backs off only when loss says the path cannot carry it.
 //! - **Control** gets [`CONTROL_ALLOWANCE_PACKETS`] packets above the window, so membership
 //!   and requests never wait behind bulk data.
 //!
@@ -45,6 +44,7 @@ use crate::endpoint::{
 };
 use crate::ranges::RangeSet;
 use crate::rtt::RttEstimator;
+use crate::stream_floor::StreamFloor;
 use crate::wire::{self, AckFrame, DataFrame, Frame, Frames, Header, PacketType, Writer, HEADER_LEN};
 
 /// RFC 9002 §6.1.1: kPacketThreshold = 3.
@@ -56,14 +56,6 @@ const TIME_THRESHOLD_DEN: u32 = 8;
 const GRANULARITY: Duration = Duration::from_millis(1);
 /// Cap on RTO doublings (2^6 = 64× the RTO), further bounded by `SessionConfig::max_rto`.
 const MAX_RTO_BACKOFF: u32 = 6;
-/// Stream floor = headroom × offered stream rate × srtt. 2× leaves room for
-/// retransmissions and for the burstiness of chunked video (a whole chunk at once).
-pub const STREAM_FLOOR_HEADROOM: f64 = 2.0;
-/// Loss fraction (EWMA over ~64 packets) above which the stream floor is withdrawn and the
-/// stream obeys the controller like everyone else: a circuit breaker in the spirit of
-/// RFC 8084 §4.3 (persistent heavy loss means the path cannot carry the stream).
-pub const CIRCUIT_BREAKER_LOSS: f64 = 0.25;
-const LOSS_EWMA_WEIGHT: f64 = 1.0 / 64.0;
 /// Control messages may exceed the window by this many packets.
 pub const CONTROL_ALLOWANCE_PACKETS: usize = 4;
 /// Most messages one sender keeps unfinished at once (bounds the receiver's id state).
@@ -83,9 +75,6 @@ const STOP_WAITING_EVERY: u64 = 16;
 /// Handshake retransmission: first retry after this, doubling (ours: below RFC 6298's 1 s
 /// initial RTO because a viewer joining a live stream should not wait a second per loss).
 const HANDSHAKE_RETRY: Duration = Duration::from_millis(250);
-/// Stream-rate meter: the offered rate is bytes over the last `RATE_BUCKETS` buckets.
-const RATE_BUCKET: Duration = Duration::from_millis(250);
-const RATE_BUCKETS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -155,42 +144,6 @@ struct InMessage {
     received: RangeSet,
 }
 
-/// Bytes offered per time bucket, for the stream floor.
-#[derive(Debug)]
-struct RateMeter {
-    buckets: [u64; RATE_BUCKETS + 1],
-    current_start: Instant,
-}
-
-impl RateMeter {
-    fn new(now: Instant) -> Self {
-        Self { buckets: [0; RATE_BUCKETS + 1], current_start: now }
-    }
-    fn roll(&mut self, now: Instant) {
-        let mut steps = 0;
-        while now.saturating_duration_since(self.current_start) >= RATE_BUCKET && steps <= RATE_BUCKETS {
-            self.buckets.rotate_right(1);
-            self.buckets[0] = 0;
-            self.current_start += RATE_BUCKET;
-            steps += 1;
-        }
-        if now.saturating_duration_since(self.current_start) >= RATE_BUCKET {
-            self.current_start = now;
-        }
-    }
-    fn add(&mut self, now: Instant, bytes: usize) {
-        self.roll(now);
-        self.buckets[0] += bytes as u64;
-    }
-    /// Bytes per second over the last second (plus the current partial bucket).
-    fn rate(&self, now: Instant) -> f64 {
-        let partial = now.saturating_duration_since(self.current_start).min(RATE_BUCKET);
-        let span = RATE_BUCKET * RATE_BUCKETS as u32 + partial;
-        let bytes: u64 = self.buckets.iter().sum();
-        bytes as f64 / span.as_secs_f64()
-    }
-}
-
 /// Where events go; bounded by the endpoint.
 pub(crate) trait EventSink {
     fn push(&mut self, event: Event);
@@ -243,8 +196,7 @@ pub(crate) struct Session {
     drain_until: Option<Instant>,
     stop_waiting_sent: u64,
     delay_base_raw: Option<u32>,
-    stream_rate: RateMeter,
-    loss_ewma: f64,
+    stream_floor: StreamFloor,
     ping_pending: bool,
     /// Reused per ack to avoid allocation.
     scratch_acked: Vec<u64>,
@@ -321,8 +273,7 @@ impl Session {
             drain_until: None,
             stop_waiting_sent: 0,
             delay_base_raw: None,
-            stream_rate: RateMeter::new(now),
-            loss_ewma: 0.0,
+            stream_floor: StreamFloor::new(now),
             ping_pending: false,
             scratch_acked: Vec::new(),
             cum_ack: 0,
@@ -373,7 +324,7 @@ impl Session {
         let id = self.next_message;
         self.next_message += 1;
         if opts.class == Class::Stream {
-            self.stream_rate.add(now, data.len());
+            self.stream_floor.on_offered(now, data.len());
         }
         let len = data.len() as u64;
         let mut unsent = RangeSet::new();
@@ -725,7 +676,7 @@ impl Session {
         let frames = std::mem::take(&mut p.frames);
         self.bytes_in_flight -= sample.bytes_acked;
         self.ack_eliciting_in_flight -= 1;
-        self.loss_ewma *= 1.0 - LOSS_EWMA_WEIGHT;
+        self.stream_floor.on_packet_outcome(now, false, self.rtt.smoothed());
         self.cc.on_ack(now, &sample, &self.rtt);
         for f in frames {
             match f {
@@ -783,7 +734,7 @@ impl Session {
             if largest - pn >= PACKET_THRESHOLD || lost_before.is_some_and(|t| p.time <= t) {
                 lost_bytes += p.size;
                 largest_lost_time = Some(p.time);
-                self.declare_lost(idx);
+                self.declare_lost(now, idx);
             } else {
                 let t = p.time + loss_delay;
                 self.loss_time = Some(self.loss_time.map_or(t, |l| l.min(t)));
@@ -794,7 +745,7 @@ impl Session {
         }
     }
 
-    fn declare_lost(&mut self, idx: usize) {
+    fn declare_lost(&mut self, now: Instant, idx: usize) {
         let p = &mut self.sent[idx];
         p.in_flight = false;
         let frames = std::mem::take(&mut p.frames);
@@ -802,7 +753,7 @@ impl Session {
         self.bytes_in_flight -= size;
         self.ack_eliciting_in_flight -= 1;
         self.stats.packets_lost += 1;
-        self.loss_ewma = self.loss_ewma * (1.0 - LOSS_EWMA_WEIGHT) + LOSS_EWMA_WEIGHT;
+        self.stream_floor.on_packet_outcome(now, true, self.rtt.smoothed());
         for f in frames {
             match f {
                 SentFrame::Data { message, offset, len } => {
@@ -951,7 +902,7 @@ impl Session {
     fn on_rto(&mut self, now: Instant) {
         for idx in 0..self.sent.len() {
             if self.sent[idx].in_flight {
-                self.declare_lost(idx);
+                self.declare_lost(now, idx);
             }
         }
         self.trim_sent();
@@ -986,12 +937,8 @@ impl Session {
         let cwnd = self.cc.window();
         match class {
             Class::Control => cwnd + CONTROL_ALLOWANCE_PACKETS * self.mds(),
-            Class::Stream if self.loss_ewma < CIRCUIT_BREAKER_LOSS => {
-                let rtt = self.rtt.smoothed().as_secs_f64();
-                let floor = self.stream_rate.rate(now) * rtt * STREAM_FLOOR_HEADROOM;
-                cwnd.max(floor as usize + 2 * self.mds())
-            }
-            Class::Stream | Class::Background => cwnd,
+            Class::Stream => cwnd.max(self.stream_floor.window(now, self.rtt.smoothed()) + 2 * self.mds()),
+            Class::Background => cwnd,
         }
     }
 
