@@ -503,6 +503,9 @@ mod tests {
         }
     }
 
+    /// Decides, per datagram (running index, bytes), whether the pipe loses it.
+    type DropRule = Box<dyn FnMut(u64, &[u8]) -> bool>;
+
     struct Pair {
         now: Instant,
         a: Endpoint,
@@ -513,7 +516,7 @@ mod tests {
         /// (arrival, to_b, bytes)
         in_flight: Vec<(Instant, bool, Vec<u8>)>,
         /// Drop the datagram if this returns true (called with a running index).
-        drop: Box<dyn FnMut(u64, &[u8]) -> bool>,
+        drop: DropRule,
         sent: u64,
         a_events: Vec<Event>,
         b_events: Vec<Event>,

@@ -129,11 +129,9 @@ mod tests {
     fn run(floor: &mut StreamFloor, start: Instant, secs: u64, lose_every: Option<u32>) -> Instant {
         let srtt = 100 * MS;
         let mut now = start;
-        let mut n = 0u32;
-        for _ in 0..secs * 1000 {
+        for n in 1..=secs as u32 * 1000 {
             now += MS;
             floor.on_offered(now, 500);
-            n += 1;
             let lost = lose_every.is_some_and(|k| n % k == 0);
             floor.on_packet_outcome(now, lost, srtt);
         }
