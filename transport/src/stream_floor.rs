@@ -7,8 +7,9 @@
 //! - *offered* is the rate at which the application hands us Stream-class bytes (a live
 //!   stream has a bitrate; we never need more than a little above it).
 //! - *allowance* is a loss-based rate in the manner of WebRTC's GCC loss controller
-//!   (draft-ietf-rmcat-gcc-02 §6): per round trip, with loss fraction p, it grows 5% if
-//!   p < 2%, shrinks by (1 − p/2) if p > 10%, and holds otherwise. So the stream keeps
+//!   (draft-ietf-rmcat-gcc-02 §6): per round trip, with loss fraction p, it shrinks by
+//!   (1 − p/2) if p > 10%, holds for 2% ≤ p ≤ 10%, and grows 5% if p < 2% until it no
+//!   longer limits the stream (then it is lifted, so a new stream starts at its rate). So the stream keeps
 //!   its rate through the few percent of drop-tail loss a TCP flow causes, but backs off
 //!   when the path really cannot carry it, and an application that pushes bulk data as
 //!   Stream class cannot run away from loss either.
@@ -31,14 +32,19 @@ const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Offered-rate meter: bytes over the last `RATE_BUCKETS` buckets of `RATE_BUCKET`.
 const RATE_BUCKET: Duration = Duration::from_millis(250);
 const RATE_BUCKETS: usize = 4;
+/// The shortest span the offered rate is averaged over (one 16 KiB chunk at 4 Mbit/s
+/// takes 33 ms; shorter spans would see single chunks as huge rates).
+const MIN_METER_SPAN: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub(crate) struct StreamFloor {
     /// Offered bytes per bucket; `[0]` is the current, partial bucket.
     buckets: [u64; RATE_BUCKETS + 1],
     bucket_start: Instant,
-    /// Loss-based allowance in bytes/s; None until the stream has offered anything.
+    /// Loss-based allowance in bytes/s; None while loss does not limit the stream.
     allowance: Option<f64>,
+    /// When the stream first offered data (the meter is young until a full span passed).
+    first_offer: Option<Instant>,
     interval_start: Instant,
     acked: u32,
     lost: u32,
@@ -50,6 +56,7 @@ impl StreamFloor {
             buckets: [0; RATE_BUCKETS + 1],
             bucket_start: now,
             allowance: None,
+            first_offer: None,
             interval_start: now,
             acked: 0,
             lost: 0,
@@ -73,12 +80,17 @@ impl StreamFloor {
     pub fn on_offered(&mut self, now: Instant, bytes: usize) {
         self.roll(now);
         self.buckets[0] += bytes as u64;
+        self.first_offer.get_or_insert(now);
     }
 
     /// Offered rate, bytes per second, over the last second (plus the current bucket).
     pub fn offered_rate(&self, now: Instant) -> f64 {
         let partial = now.saturating_duration_since(self.bucket_start).min(RATE_BUCKET);
-        let span = RATE_BUCKET * RATE_BUCKETS as u32 + partial;
+        let full_span = RATE_BUCKET * RATE_BUCKETS as u32 + partial;
+        // A young meter divides by the time it has been running, so a new stream's floor
+        // is right from its first messages instead of ramping up over a second.
+        let age = self.first_offer.map_or(full_span, |f| now.saturating_duration_since(f));
+        let span = full_span.min(age).max(MIN_METER_SPAN);
         self.buckets.iter().sum::<u64>() as f64 / span.as_secs_f64()
     }
 
@@ -96,16 +108,15 @@ impl StreamFloor {
         }
         let p = self.lost as f64 / total as f64;
         let cap = STREAM_FLOOR_HEADROOM * self.offered_rate(now);
-        let a = self.allowance.unwrap_or(cap);
-        let next = if p < LOW_LOSS {
-            a * GROWTH
-        } else if p > HIGH_LOSS {
-            a * (1.0 - DECREASE_FACTOR * p)
+        let a = self.allowance.unwrap_or(cap).min(cap);
+        self.allowance = if p > HIGH_LOSS {
+            Some(a * (1.0 - DECREASE_FACTOR * p))
+        } else if p >= LOW_LOSS {
+            Some(a)
         } else {
-            a
+            // Growing past what the stream uses would only bank credit: lift the limit.
+            Some(a * GROWTH).filter(|&next| next < cap)
         };
-        // Never above what the stream could use, so an idle period does not bank credit.
-        self.allowance = Some(next.min(cap));
         self.interval_start = now;
         self.acked = 0;
         self.lost = 0;

@@ -1,0 +1,124 @@
+//! `--scenario loopback`: one bulk session over real UDP on 127.0.0.1, through the tokio
+//! driver, sender and receiver in their own tasks (two cores, two workers).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use rill_transport::driver::{SocketOptions, UdpDriver};
+use rill_transport::{Class, Endpoint, EndpointConfig, Event, SendOptions};
+
+use super::super::TransportArgs;
+use crate::table::{round, Report};
+
+const MESSAGE_SIZE: usize = 64 * 1024;
+/// Keep this much queued so the sender is never application-limited.
+const KEEP_QUEUED: usize = 4 << 20;
+
+pub fn run(args: &TransportArgs) -> Result<()> {
+    let duration = Duration::from_secs_f64(args.duration.unwrap_or(3.0).clamp(0.2, 600.0));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let figures = rt.block_on(measure(duration))?;
+    let mut report = Report::default();
+    report.emit(figures, args.json);
+    if !args.json {
+        report.print_table("loopback: one bulk session over real UDP on 127.0.0.1");
+    }
+    Ok(())
+}
+
+/// Process CPU time (user + system) so far.
+pub fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+async fn measure(duration: Duration) -> Result<serde_json::Value> {
+    let opts = SocketOptions::default();
+    let mut rx_driver = UdpDriver::bind("127.0.0.1:0".parse()?, &opts).context("binding receiver socket")?;
+    let mut tx_driver = UdpDriver::bind("127.0.0.1:0".parse()?, &opts).context("binding sender socket")?;
+    let rx_addr: SocketAddr = rx_driver.local_addr()?;
+    let socket = tx_driver.socket_report().clone();
+    let stop = Arc::new(Notify::new());
+
+    let now = Instant::now();
+    let mut rx = Endpoint::new(EndpointConfig::default(), now, 2);
+    let receiver = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut bytes = 0u64;
+            let mut first: Option<Instant> = None;
+            let mut last = Instant::now();
+            loop {
+                let stopped = rx_driver.step(&mut rx, stop.notified()).await?.woken();
+                while let Some(e) = rx.poll_event() {
+                    if let Event::Message { data, .. } = e {
+                        let t = Instant::now();
+                        first.get_or_insert(t);
+                        last = t;
+                        bytes += data.len() as u64;
+                    }
+                }
+                if stopped {
+                    break;
+                }
+            }
+            anyhow::Ok((bytes, first, last))
+        })
+    };
+
+    let cpu0 = process_cpu();
+    let mut tx = Endpoint::new(EndpointConfig::default(), Instant::now(), 1);
+    let session = tx.connect(Instant::now(), rx_addr)?;
+    let message = Bytes::from(vec![0x5a; MESSAGE_SIZE]);
+    let start = Instant::now();
+    let end = start + duration;
+    let mut connected = false;
+    while Instant::now() < end {
+        if connected {
+            while tx.queued_bytes(session, Class::Background) < KEEP_QUEUED {
+                if tx
+                    .send(Instant::now(), session, message.clone(), SendOptions::reliable(Class::Background))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        tx_driver.step(&mut tx, tokio::time::sleep_until(end.into())).await?;
+        while let Some(e) = tx.poll_event() {
+            if matches!(e, Event::Connected { .. }) {
+                connected = true;
+            }
+        }
+    }
+    let stats = tx.session_stats(session).context("session vanished")?;
+    let packets = tx_driver.stats().datagrams_sent;
+    stop.notify_one();
+    let (bytes, first, last) = receiver.await??;
+    let cpu = process_cpu() - cpu0;
+    let elapsed = first.map_or(duration, |f| last.saturating_duration_since(f)).max(Duration::from_millis(1));
+    Ok(json!({
+        "scenario": "loopback",
+        "controller": stats.controller,
+        "goodput_mbps": round(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e6, 1),
+        "cpu_s": round(cpu.as_secs_f64(), 2),
+        "packets": packets,
+        "packets_lost": stats.packets_lost,
+        "duration_s": round(elapsed.as_secs_f64(), 2),
+        "batched_io": socket.batched,
+        "socket_send_buffer_bytes": socket.send_buffer_bytes,
+        "socket_recv_buffer_bytes": socket.recv_buffer_bytes,
+    }))
+}
