@@ -153,7 +153,8 @@ fn bottleneck(factory: Arc<dyn ControllerFactory>, secs: u64) -> Bottleneck {
 
 #[test]
 fn ledbat_holds_the_queue_near_its_target_while_newreno_fills_it() {
-    for target_ms in [10u64, 25] {
+    let default_ms = LedbatConfig::default().target.as_millis() as u64;
+    for target_ms in [10u64, default_ms, 25] {
         let factory =
             Arc::new(LedbatConfig { target: Duration::from_millis(target_ms), ..Default::default() });
         let f = bottleneck(factory, 40);

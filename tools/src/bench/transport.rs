@@ -37,7 +37,7 @@ const WARMUP: Duration = Duration::from_secs(5);
 /// bandwidth-delay product plus the 1 s buffer, so no flow is application-limited.
 const BULK_QUEUE: usize = 6 << 20;
 /// Targets swept to choose the default from measurement.
-const TARGET_SWEEP_MS: [u64; 4] = [5, 10, 25, 60];
+const TARGET_SWEEP_MS: [u64; 6] = [5, 10, 15, 20, 25, 60];
 
 pub fn run(args: &TransportArgs) -> Result<()> {
     if let Some(addr) = args.listen {
