@@ -985,17 +985,20 @@ impl Session {
             frames.push(SentFrame::Close);
         }
         if let Some(first) = data_class {
-            let mut app_limited = true;
             for class in Class::ALL.into_iter().filter(|&c| c >= first) {
                 if class != first && !self.class_may_send(class, now) {
                     continue;
                 }
                 self.write_data(&mut w, class, &mut frames);
                 if self.has_queued(class) {
-                    app_limited = false;
                     break;
                 }
             }
+            // App-limited (RFC 7661 §3) only if nothing at all is left to send. Data of a
+            // class the window held back means the window, not the application, limits
+            // us: a stream packet sent above cwnd while background waits must still let
+            // the controller grow, or a stream plus background leaves an idle link unused.
+            let app_limited = !Class::ALL.into_iter().any(|c| self.has_queued(c));
             self.finish_packet(now, pn, w.pos(), frames, app_limited);
         } else {
             let app_limited = true;
