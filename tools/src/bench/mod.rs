@@ -21,7 +21,10 @@ pub enum Scenario {
     Bottleneck,
     /// Virtual 20 Mbit/s link, 250 ms of buffer: stream + background vs a loss-based flow.
     Competing,
-    /// All three.
+    /// The driver's socket batch layer alone (no endpoint): datagrams/s and CPU per
+    /// datagram for each send and receive path. Not part of `all`.
+    BatchIo,
+    /// Loopback, bottleneck and competing.
     All,
 }
 

@@ -56,6 +56,9 @@ pub fn run(args: &TransportArgs) -> Result<()> {
     if matches!(scenario, Scenario::Competing | Scenario::All) {
         competing(args);
     }
+    if scenario == Scenario::BatchIo {
+        loopback::run_batch_io(args)?;
+    }
     Ok(())
 }
 
