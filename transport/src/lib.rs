@@ -14,6 +14,7 @@
 
 mod config;
 pub mod congestion;
+pub mod crypto;
 pub mod driver;
 pub mod endpoint;
 pub mod ranges;
