@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod node_key;
 mod table;
 
 #[derive(Debug, Parser)]

@@ -4,6 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::congestion::{ControllerFactory, LedbatConfig};
+use crate::crypto::admission::AdmissionConfig;
+use crate::crypto::handshake::Psk;
+use crate::crypto::identity::NodeKey;
+use crate::crypto::keys::RekeyLimits;
 
 /// Default UDP payload size: 1200 bytes.
 ///
@@ -41,8 +45,10 @@ pub struct SessionConfig {
     pub keepalive_interval: Duration,
     /// Close the session after this much silence from the peer.
     pub idle_timeout: Duration,
-    /// Give up connecting after this long.
+    /// Give up connecting after this long (also how long a half-open XX handshake is kept).
     pub handshake_timeout: Duration,
+    /// When each direction moves to its next data key (`crypto::keys`).
+    pub rekey: RekeyLimits,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +66,7 @@ impl Default for SessionConfig {
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            rekey: RekeyLimits::default(),
         }
     }
 }
@@ -71,10 +78,24 @@ pub struct EndpointConfig {
     pub max_sessions: usize,
     /// Bound on queued events not yet taken by `poll_event`.
     pub max_pending_events: usize,
+    /// This node's static key (its identity). `None`: the endpoint makes one from its
+    /// seed, which suits tests and simulations; real nodes load theirs from a key file.
+    pub node_key: Option<Arc<NodeKey>>,
+    /// Pre-shared key of a private channel: without it no handshake completes.
+    pub psk: Option<Psk>,
+    /// Handshake admission under load (cookies and rate limits).
+    pub admission: AdmissionConfig,
 }
 
 impl Default for EndpointConfig {
     fn default() -> Self {
-        Self { session: SessionConfig::default(), max_sessions: 1024, max_pending_events: 65_536 }
+        Self {
+            session: SessionConfig::default(),
+            max_sessions: 1024,
+            max_pending_events: 65_536,
+            node_key: None,
+            psk: None,
+            admission: AdmissionConfig::default(),
+        }
     }
 }

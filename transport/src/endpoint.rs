@@ -4,17 +4,24 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::config::EndpointConfig;
-use crate::session::{EventSink, Received, Session, State};
-use crate::wire::{self, Header, PacketType, Writer, HEADER_LEN};
+use crate::crypto::admission::{Admission, CookieJar, Verdict, COOKIE_LEN};
+use crate::crypto::handshake::{Handshake, Pattern};
+use crate::crypto::identity::{NodeId, NodeKey};
+use crate::session::{EventSink, HandshakeRejected, Received, Session, State};
+use crate::wire::{self, Header, PacketType, SynBody, Writer, HEADER_LEN};
 
-/// Reset replies queued at once; more are dropped (a flood of stray packets must not
-/// grow memory, and a reset is only a courtesy).
-const MAX_PENDING_RESETS: usize = 64;
+/// Cookie challenges queued at once; more are dropped (admission rate-limits them too,
+/// so a flood of spoofed initiations cannot grow memory or make us a reflector).
+const MAX_PENDING_COOKIES: usize = 64;
+/// Largest datagram we decrypt (in our scratch buffer); anything longer is malformed.
+const MAX_RECEIVE_DATAGRAM: usize = 65_535;
 
 /// A session, named by the id *we* chose for it (the id the peer puts on packets to us).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,8 +90,6 @@ pub enum CloseReason {
     IdleTimeout,
     /// The handshake did not complete in time.
     HandshakeTimeout,
-    /// The peer said it knows no such session.
-    Reset,
     /// The peer broke the protocol (e.g. a message over the size limit, acks for packets
     /// never sent); the session was dropped.
     ProtocolViolation,
@@ -111,6 +116,8 @@ pub enum Event {
 pub enum ConnectError {
     #[error("too many sessions (limit {0})")]
     TooManySessions(usize),
+    #[error("handshake could not start: {0}")]
+    Handshake(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +160,13 @@ pub struct SessionStats {
     /// Messages the peer abandoned.
     pub messages_abandoned_received: u64,
     pub send_queue_bytes: usize,
+    /// Packets for this session that failed authentication (dropped; changed nothing).
+    pub auth_failures: u64,
+    /// Authentic packets received again (replays or late duplicates; dropped).
+    pub replays_rejected: u64,
+    /// Key updates of our send direction, and of the peer's (see `crypto::keys`).
+    pub key_updates_sent: u64,
+    pub key_updates_received: u64,
 }
 
 /// Endpoint-wide counters.
@@ -163,8 +177,22 @@ pub struct EndpointStats {
     pub datagrams_sent: u64,
     /// Datagrams that failed to decode (counted, never a panic).
     pub malformed_datagrams: u64,
-    /// Datagrams for sessions we do not have (answered with a reset when sensible).
+    /// Datagrams for sessions we do not have, or handshake packets we did not expect.
     pub unknown_session_datagrams: u64,
+    /// Data packets that failed authentication or came before the session had keys.
+    pub auth_failures: u64,
+    /// Authentic packets received again (replays): dropped.
+    pub replays_rejected: u64,
+    /// Handshake messages that failed (forged, wrong static key, wrong psk).
+    pub handshake_failures: u64,
+    /// Initiations answered with a cookie challenge instead of handshake work.
+    pub cookie_challenges: u64,
+    /// Initiations dropped by the admission rate limits or with a bad cookie.
+    pub initiations_dropped: u64,
+    /// Responder handshakes that did the Diffie-Hellman work (accepted by admission).
+    pub initiations_processed: u64,
+    /// Our own initiations dropped because the peer's simultaneous one won.
+    pub simultaneous_opens: u64,
     /// Events dropped because the application did not drain `poll_event` (bounded queue).
     pub events_dropped: u64,
 }
@@ -213,7 +241,13 @@ pub struct Endpoint {
     /// with the same session.
     by_syn: BTreeMap<(SocketAddr, u32), u32>,
     events: EventQueue,
-    resets: VecDeque<(SocketAddr, u32)>,
+    /// Cookie challenges to send: (destination, initiator id, cookie).
+    cookies_out: VecDeque<(SocketAddr, u32, [u8; COOKIE_LEN])>,
+    node_key: Arc<NodeKey>,
+    cookie_jar: CookieJar,
+    admission: Admission,
+    /// Received datagrams are decrypted in place here.
+    scratch: Vec<u8>,
     /// Round-robin position among sessions for `poll_transmit`.
     cursor: u32,
     stats: EndpointStats,
@@ -222,14 +256,22 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(config: EndpointConfig, now: Instant, seed: u64) -> Self {
         let limit = config.max_pending_events;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let node_key = config.node_key.clone().unwrap_or_else(|| Arc::new(NodeKey::generate(&mut rng)));
+        let cookie_jar = CookieJar::new(now, &mut rng);
+        let admission = Admission::new(config.admission.clone(), now);
         Self {
             config,
             epoch: now,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng,
             sessions: BTreeMap::new(),
             by_syn: BTreeMap::new(),
             events: EventQueue { queue: VecDeque::new(), limit, dropped: 0 },
-            resets: VecDeque::new(),
+            cookies_out: VecDeque::new(),
+            node_key,
+            cookie_jar,
+            admission,
+            scratch: Vec::new(),
             cursor: 0,
             stats: EndpointStats::default(),
         }
@@ -237,6 +279,23 @@ impl Endpoint {
 
     pub fn max_datagram_size(&self) -> usize {
         self.config.session.max_datagram_size
+    }
+
+    /// This node's id: its static public key.
+    pub fn node_id(&self) -> NodeId {
+        self.node_key.id()
+    }
+
+    /// The peer's node id, once the handshake has authenticated it.
+    pub fn peer_node(&self, session: SessionId) -> Option<NodeId> {
+        self.sessions.get(&session.0).and_then(Session::peer_node)
+    }
+
+    /// Seed for one handshake's ephemeral key, from the endpoint's RNG (deterministic).
+    fn handshake_seed(&mut self) -> [u8; 32] {
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        seed
     }
 
     fn new_session_id(&mut self) -> u32 {
@@ -248,13 +307,39 @@ impl Endpoint {
         }
     }
 
-    /// Open a session to `remote`. [`Event::Connected`] follows when the peer answers.
+    /// Open a session to `remote`, whose node id we do not know (Noise XX: the handshake
+    /// tells us; see [`peer_node`](Self::peer_node)). [`Event::Connected`] follows.
     pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> Result<SessionId, ConnectError> {
+        self.open(now, remote, None)
+    }
+
+    /// Open a session to the node `peer` at `remote` (Noise IK: one round trip, and only
+    /// the holder of `peer`'s secret key can answer).
+    pub fn connect_to(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        peer: NodeId,
+    ) -> Result<SessionId, ConnectError> {
+        self.open(now, remote, Some(peer))
+    }
+
+    fn open(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        peer: Option<NodeId>,
+    ) -> Result<SessionId, ConnectError> {
         if self.sessions.len() >= self.config.max_sessions {
             return Err(ConnectError::TooManySessions(self.config.max_sessions));
         }
+        let seed = self.handshake_seed();
+        let mut hs = Handshake::initiator(&self.node_key, peer, self.config.psk.as_ref(), seed)
+            .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+        hs.write(&[]).map_err(|e| ConnectError::Handshake(e.to_string()))?;
         let id = self.new_session_id();
-        let session = Session::new(&self.config.session, now, self.epoch, id, 0, remote, true);
+        let mut session = Session::new(&self.config.session, now, self.epoch, id, remote);
+        session.start_initiator(now, hs);
         self.sessions.insert(id, session);
         Ok(SessionId(id))
     }
@@ -285,81 +370,151 @@ impl Endpoint {
             return;
         };
         match header.packet_type {
-            PacketType::Syn => self.on_syn(now, remote, &header, body),
-            PacketType::SynAck => {
-                let Ok(peer_id) = wire::decode_session_id_body(body) else {
+            PacketType::Syn => match SynBody::decode(body) {
+                Ok(syn) => self.on_syn(now, remote, &header, &syn),
+                Err(_) => self.stats.malformed_datagrams += 1,
+            },
+            PacketType::SynAck | PacketType::Finish => {
+                let Some(s) = self.sessions.get_mut(&header.session_id).filter(|s| s.remote == remote) else {
+                    self.stats.unknown_session_datagrams += 1;
+                    return;
+                };
+                let result = if header.packet_type == PacketType::SynAck {
+                    s.handle_syn_ack(now, &header, body, &mut self.events)
+                } else {
+                    s.handle_finish(now, body, &mut self.events)
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(HandshakeRejected::Failed) => self.stats.handshake_failures += 1,
+                    Err(HandshakeRejected::Unexpected) => self.stats.unknown_session_datagrams += 1,
+                }
+                self.reap(header.session_id);
+            }
+            PacketType::Cookie => {
+                let Ok((initiator_id, cookie)) = wire::decode_cookie_body(body) else {
                     self.stats.malformed_datagrams += 1;
                     return;
                 };
                 match self.sessions.get_mut(&header.session_id) {
-                    Some(s) if s.remote == remote => {
-                        s.handle_syn_ack(now, &header, peer_id, &mut self.events)
+                    Some(s) if s.remote == remote && s.local_id == initiator_id => {
+                        s.handle_cookie(now, cookie)
                     }
                     _ => self.stats.unknown_session_datagrams += 1,
                 }
             }
-            PacketType::Data => match self.sessions.get_mut(&header.session_id) {
-                Some(s) if s.remote == remote => {
-                    if s.handle_packet(now, &header, body, &mut self.events) == Received::Malformed {
-                        self.stats.malformed_datagrams += 1;
-                    }
-                    self.reap(header.session_id);
-                }
-                _ => {
+            PacketType::Data => {
+                let Some(s) = self.sessions.get_mut(&header.session_id).filter(|s| s.remote == remote) else {
+                    // No reply: an unauthenticated "no such session" could be forged to
+                    // tear sessions down, and replies to strangers make us a reflector.
                     self.stats.unknown_session_datagrams += 1;
-                    if self.resets.len() < MAX_PENDING_RESETS {
-                        self.resets.push_back((remote, header.session_id));
-                    }
-                }
-            },
-            PacketType::Reset => {
-                let Ok(their_id) = wire::decode_session_id_body(body) else {
-                    self.stats.malformed_datagrams += 1;
                     return;
                 };
-                let found = self
-                    .sessions
-                    .iter()
-                    .find(|(_, s)| {
-                        s.remote == remote && s.peer_id == their_id && s.state != State::Connecting
-                    })
-                    .map(|(&id, _)| id);
-                match found {
-                    Some(id) => {
-                        if let Some(s) = self.sessions.get_mut(&id) {
-                            s.reset(&mut self.events);
-                        }
-                        self.reap(id);
-                    }
-                    None => self.stats.unknown_session_datagrams += 1,
+                if datagram.len() > MAX_RECEIVE_DATAGRAM {
+                    self.stats.malformed_datagrams += 1;
+                    return;
                 }
+                // Decrypt in place in our own buffer (the caller's stays untouched).
+                self.scratch.clear();
+                self.scratch.extend_from_slice(datagram);
+                match s.handle_data(now, &header, &mut self.scratch, &mut self.events) {
+                    Received::Ok => {}
+                    Received::Malformed => self.stats.malformed_datagrams += 1,
+                    Received::NoKeys | Received::Unauthenticated => self.stats.auth_failures += 1,
+                    Received::Replay => self.stats.replays_rejected += 1,
+                }
+                self.reap(header.session_id);
             }
         }
     }
 
-    fn on_syn(&mut self, now: Instant, remote: SocketAddr, header: &Header, body: &[u8]) {
-        let Ok(initiator_id) = wire::decode_session_id_body(body) else {
+    /// Half-open (XX responder) sessions: each holds handshake state for a peer that has
+    /// not proven anything yet.
+    fn half_open(&self) -> usize {
+        self.sessions.values().filter(|s| s.is_half_open()).count()
+    }
+
+    fn on_syn(&mut self, now: Instant, remote: SocketAddr, header: &Header, syn: &SynBody<'_>) {
+        let Some(pattern) = Pattern::from_wire(syn.pattern) else {
             self.stats.malformed_datagrams += 1;
             return;
         };
-        if initiator_id == 0 {
-            self.stats.malformed_datagrams += 1;
-            return;
-        }
-        if let Some(s) = self.by_syn.get(&(remote, initiator_id)).and_then(|id| self.sessions.get_mut(id)) {
+        // A repeat of a Syn we answered: resend the answer, no new work.
+        if let Some(s) = self.by_syn.get(&(remote, syn.initiator_id)).and_then(|id| self.sessions.get_mut(id))
+        {
             s.handle_duplicate_syn(now);
             return;
         }
-        if self.sessions.len() >= self.config.max_sessions {
+        // Simultaneous open: we are connecting to the same address. Both sides compare
+        // the two initiator ids and agree that the lower one's initiation goes on.
+        let ours = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.remote == remote && s.state == State::Connecting)
+            .map(|(&id, _)| id);
+        if let Some(our_id) = ours {
+            if our_id < syn.initiator_id {
+                self.stats.simultaneous_opens += 1;
+                return;
+            }
+        }
+        // Admission before any Diffie-Hellman work or state (see `crypto::admission`).
+        self.cookie_jar.refresh(now, &mut self.rng);
+        let cookie_valid = syn.cookie.map(|c| self.cookie_jar.verify(remote, syn.initiator_id, c));
+        // Count the half-open session this initiation may create, so that there are
+        // never more than `max_half_open` of them without cookies.
+        let half_open = self.half_open() + usize::from(pattern == Pattern::Xx);
+        match self.admission.admit(now, remote, half_open, cookie_valid) {
+            Verdict::Accept => {}
+            Verdict::Challenge => {
+                self.stats.cookie_challenges += 1;
+                if self.cookies_out.len() < MAX_PENDING_COOKIES {
+                    let cookie = self.cookie_jar.mint(remote, syn.initiator_id);
+                    self.cookies_out.push_back((remote, syn.initiator_id, cookie));
+                }
+                return;
+            }
+            Verdict::Drop => {
+                self.stats.initiations_dropped += 1;
+                return;
+            }
+        }
+        if ours.is_none() && self.sessions.len() >= self.config.max_sessions {
+            self.stats.initiations_dropped += 1;
             return;
         }
-        let id = self.new_session_id();
-        let mut session =
-            Session::new(&self.config.session, now, self.epoch, id, initiator_id, remote, false);
-        session.handle_syn(now, header);
+        self.stats.initiations_processed += 1;
+        let seed = self.handshake_seed();
+        let Ok(mut hs) = Handshake::responder(&self.node_key, pattern, self.config.psk.as_ref(), seed) else {
+            self.stats.handshake_failures += 1;
+            return;
+        };
+        if hs.read(syn.noise).is_err() {
+            self.stats.handshake_failures += 1;
+            return;
+        }
+        // Our session id travels in the encrypted payload of the second message. On a
+        // simultaneous open we lose, our connecting session becomes the responder and
+        // keeps its id (the application holds it).
+        let id = match ours {
+            Some(id) => id,
+            None => self.new_session_id(),
+        };
+        if hs.write(&id.to_be_bytes()).is_err() {
+            self.stats.handshake_failures += 1;
+            return;
+        }
+        if ours.is_some() {
+            self.stats.simultaneous_opens += 1;
+        }
+        let mut session = match ours.and_then(|id| self.sessions.remove(&id)) {
+            Some(s) => s,
+            None => Session::new(&self.config.session, now, self.epoch, id, remote),
+        };
+        session.start_responder(now, header, syn.initiator_id, hs, &mut self.events);
         self.sessions.insert(id, session);
-        self.by_syn.insert((remote, initiator_id), id);
-        self.events.push(Event::Accepted { session: SessionId(id), remote });
+        self.by_syn.insert((remote, syn.initiator_id), id);
+        self.reap(id);
     }
 
     /// Remove a session that reached `Closed`.
@@ -389,11 +544,11 @@ impl Endpoint {
     /// Write the next datagram into `buf` (at least [`max_datagram_size`](Self::max_datagram_size)
     /// bytes long) and say where it goes.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some((destination, id)) = self.resets.pop_front() {
+        if let Some((destination, initiator_id, cookie)) = self.cookies_out.pop_front() {
             let header = Header {
-                packet_type: PacketType::Reset,
+                packet_type: PacketType::Cookie,
                 flags: 0,
-                session_id: 0,
+                session_id: initiator_id,
                 timestamp_us: now.saturating_duration_since(self.epoch).as_micros() as u32,
                 timestamp_diff_us: 0,
                 window: 0,
@@ -401,7 +556,7 @@ impl Endpoint {
             };
             header.encode(buf);
             let mut w = Writer::new(buf, HEADER_LEN);
-            w.varint(id as u64);
+            wire::encode_cookie_body(&mut w, initiator_id, &cookie);
             self.stats.datagrams_sent += 1;
             return Some(Transmit { destination, size: w.pos() });
         }

@@ -9,8 +9,10 @@
 //! - [`ranges`]: bounded sets of integer ranges (acks, received bytes, finished messages).
 //! - [`rtt`]: RTT estimation and RTO (RFC 6298).
 //! - [`congestion`]: the `Controller` trait, LEDBAT++ and NewReno, pacing.
-//! - `session`: one session's reliability, message fragmentation/reassembly and classes.
-//! - [`endpoint`]: many sessions on one socket; the handshake; the public API.
+//! - [`crypto`]: node identity, Noise handshakes, packet AEAD, replay window, admission.
+//! - `session`: one session's reliability, message fragmentation/reassembly and classes;
+//!   `session/secure.rs` its handshake messages and packet protection.
+//! - [`endpoint`]: many sessions on one socket; handshake admission; the public API.
 
 mod config;
 pub mod congestion;
@@ -24,7 +26,7 @@ mod stream_floor;
 pub mod vlink;
 pub mod wire;
 
-pub use config::{EndpointConfig, SessionConfig};
+pub use config::{EndpointConfig, SessionConfig, DEFAULT_MAX_DATAGRAM_SIZE};
 pub use endpoint::{
     Class, CloseReason, ConnectError, Endpoint, EndpointStats, Event, MessageId, SendError, SendOptions,
     SessionId, SessionStats, Transmit,

@@ -39,19 +39,26 @@ pub const VARINT_MAX: u64 = (1 << 62) - 1;
 pub const MAX_ACK_RANGES: usize = 64;
 
 pub const FLAG_TIMESTAMP_DIFF: u8 = 0x01;
+/// Key phase of a Data packet (see `crypto::keys`; RFC 9001 §6 uses the same signal).
+pub const FLAG_KEY_PHASE: u8 = 0x02;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketType {
-    /// Handshake request: body = initiator's session id (varint).
+    /// Handshake initiation (header session id 0): body = [`SynBody`].
     Syn = 0,
-    /// Handshake reply: body = responder's session id (varint).
+    /// Handshake response (header session id = the initiator's): body = the second Noise
+    /// message, whose encrypted payload is the responder's session id (4 bytes, BE).
     SynAck = 1,
-    /// Frames.
+    /// Encrypted frames: header (associated data) | ciphertext | 16-byte tag.
     Data = 2,
-    /// "I have no session with this id": body = the unknown session id (varint).
-    Reset = 3,
+    /// Third handshake message of XX (header session id = the responder's): body = the
+    /// Noise message.
+    Finish = 3,
+    /// Address-validation challenge from a responder under load (header session id = the
+    /// initiator's): body = initiator id (varint) | cookie. The initiator repeats its Syn
+    /// with the cookie attached.
+    Cookie = 4,
 }
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub packet_type: PacketType,
@@ -92,7 +99,8 @@ impl Header {
             0 => PacketType::Syn,
             1 => PacketType::SynAck,
             2 => PacketType::Data,
-            3 => PacketType::Reset,
+            3 => PacketType::Finish,
+            4 => PacketType::Cookie,
             t => return Err(DecodeError::PacketType(t)),
         };
         let u32_at = |i: usize| u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
@@ -228,6 +236,10 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.buf.split_at(len);
         self.buf = rest;
         Ok(head)
+    }
+    /// Everything not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
     }
 }
 
@@ -457,14 +469,77 @@ pub fn encode_close(w: &mut Writer<'_>) {
     w.u8(FRAME_CLOSE);
 }
 
-/// Body of Syn, SynAck and Reset packets: one session id.
-pub fn decode_session_id_body(body: &[u8]) -> Result<u32, DecodeError> {
+/// Body of a Syn packet:
+/// `initiator_id:v pattern:u8 cookie_len:u8 cookie[cookie_len] noise[..]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynBody<'a> {
+    /// The session id the initiator chose (the responder puts it in its headers).
+    pub initiator_id: u32,
+    /// Noise pattern of the first message (`crypto::handshake::Pattern` as u8).
+    pub pattern: u8,
+    /// Cookie from a Cookie challenge, if the responder asked for one.
+    pub cookie: Option<&'a [u8]>,
+    /// The first Noise handshake message.
+    pub noise: &'a [u8],
+}
+
+/// Longest cookie a Syn may carry (ours are 16 bytes).
+pub const MAX_COOKIE_LEN: usize = 32;
+
+impl<'a> SynBody<'a> {
+    pub fn decode(body: &'a [u8]) -> Result<SynBody<'a>, DecodeError> {
+        let mut r = Reader::new(body);
+        let initiator_id = u32::try_from(r.varint()?).map_err(|_| DecodeError::Invalid)?;
+        if initiator_id == 0 {
+            return Err(DecodeError::Invalid);
+        }
+        let pattern = r.u8()?;
+        let cookie_len = r.u8()? as usize;
+        if cookie_len > MAX_COOKIE_LEN {
+            return Err(DecodeError::Invalid);
+        }
+        let cookie = r.bytes(cookie_len as u64)?;
+        let noise = r.rest();
+        if noise.is_empty() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(SynBody { initiator_id, pattern, cookie: (cookie_len > 0).then_some(cookie), noise })
+    }
+
+    /// Bytes `encode` writes.
+    pub fn len(&self) -> usize {
+        varint_len(self.initiator_id as u64) + 2 + self.cookie.map_or(0, <[u8]>::len) + self.noise.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// `w` must have `len()` bytes left; the cookie must be at most [`MAX_COOKIE_LEN`].
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.varint(self.initiator_id as u64);
+        w.u8(self.pattern);
+        let cookie = self.cookie.unwrap_or(&[]);
+        w.u8(cookie.len() as u8);
+        w.bytes(cookie);
+        w.bytes(self.noise);
+    }
+}
+
+/// Body of a Cookie packet: `initiator_id:v cookie[..]`.
+pub fn decode_cookie_body(body: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     let mut r = Reader::new(body);
-    let id = r.varint()?;
-    if !r.is_empty() {
+    let id = u32::try_from(r.varint()?).map_err(|_| DecodeError::Invalid)?;
+    let cookie = r.rest();
+    if cookie.is_empty() || cookie.len() > MAX_COOKIE_LEN {
         return Err(DecodeError::Invalid);
     }
-    u32::try_from(id).map_err(|_| DecodeError::Invalid)
+    Ok((id, cookie))
+}
+
+pub fn encode_cookie_body(w: &mut Writer<'_>, initiator_id: u32, cookie: &[u8]) {
+    w.varint(initiator_id as u64);
+    w.bytes(cookie);
 }
 
 #[cfg(test)]
@@ -473,10 +548,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_header() -> impl Strategy<Value = Header> {
-        (0u8..4, any::<u8>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+        (0u8..5, any::<u8>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
             |(t, flags, session_id, timestamp_us, timestamp_diff_us, window, packet_number)| Header {
-                packet_type: [PacketType::Syn, PacketType::SynAck, PacketType::Data, PacketType::Reset]
-                    [t as usize],
+                packet_type: [
+                    PacketType::Syn,
+                    PacketType::SynAck,
+                    PacketType::Data,
+                    PacketType::Finish,
+                    PacketType::Cookie,
+                ][t as usize],
                 flags,
                 session_id,
                 timestamp_us,
@@ -622,7 +702,8 @@ mod tests {
                 for f in Frames::new(body) {
                     if let Ok(Frame::Ack(a)) = f { let _ = a.ranges().count(); let _ = a.largest(); }
                 }
-                let _ = decode_session_id_body(body);
+                let _ = SynBody::decode(body);
+                let _ = decode_cookie_body(body);
             }
             for f in Frames::new(&bytes) {
                 if let Ok(Frame::Ack(a)) = f { let _ = a.ranges().count(); }
@@ -670,8 +751,25 @@ mod tests {
         assert_eq!(Frames::new(&b).next(), Some(Err(DecodeError::Invalid)));
         b.truncate(3);
         assert_eq!(Frames::new(&b).next(), Some(Err(DecodeError::Truncated)));
-        assert_eq!(decode_session_id_body(&[]), Err(DecodeError::Truncated));
-        assert_eq!(decode_session_id_body(&[1, 2]), Err(DecodeError::Invalid));
-        assert_eq!(decode_session_id_body(&[0xc0, 0, 0, 1, 0, 0, 0, 0]), Err(DecodeError::Invalid));
+        assert_eq!(SynBody::decode(&[]), Err(DecodeError::Truncated));
+        // Initiator id 0 is reserved for "none".
+        assert_eq!(SynBody::decode(&[0, 0, 0, 1]), Err(DecodeError::Invalid));
+        // An id that does not fit 32 bits.
+        assert_eq!(SynBody::decode(&[0xc0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1]), Err(DecodeError::Invalid));
+        // Cookie longer than allowed, cookie longer than the body, no Noise message.
+        assert_eq!(SynBody::decode(&[5, 0, 33]), Err(DecodeError::Invalid));
+        assert_eq!(SynBody::decode(&[5, 0, 4, 1, 2]), Err(DecodeError::Truncated));
+        assert_eq!(SynBody::decode(&[5, 1, 2, 9]), Err(DecodeError::Truncated));
+        assert_eq!(SynBody::decode(&[5, 1, 2, 9, 9]), Err(DecodeError::Truncated));
+        let ok = SynBody::decode(&[5, 1, 2, 9, 9, 7]).unwrap();
+        assert_eq!(ok, SynBody { initiator_id: 5, pattern: 1, cookie: Some(&[9, 9]), noise: &[7] });
+        let mut buf = [0u8; 16];
+        let mut w = Writer::new(&mut buf, 0);
+        ok.encode(&mut w);
+        assert_eq!(w.pos(), ok.len());
+        assert_eq!(SynBody::decode(&buf[..ok.len()]), Ok(ok));
+        assert_eq!(decode_cookie_body(&[5]), Err(DecodeError::Invalid));
+        assert_eq!(decode_cookie_body(&[5, 1, 2]), Ok((5, &[1u8, 2][..])));
+        assert_eq!(decode_cookie_body(&[0x40]), Err(DecodeError::Truncated));
     }
 }

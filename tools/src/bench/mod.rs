@@ -58,6 +58,14 @@ pub struct TransportArgs {
     /// Remote mode: offered rate in kbit/s (default: as fast as the controller allows).
     #[arg(long, requires = "connect")]
     pub rate: Option<u64>,
+    /// Remote mode: this node's key file (created with mode 0600 if missing). Default for
+    /// --listen: $XDG_CONFIG_HOME/rill/node.key; for --connect: a throwaway key.
+    #[arg(long, value_name = "FILE")]
+    pub node_key: Option<std::path::PathBuf>,
+    /// Remote mode, client side: the listener's node id (printed by --listen). With it the
+    /// handshake is Noise IK (one round trip, and only that node can answer); without, XX.
+    #[arg(long, value_name = "NODE_ID", requires = "connect")]
+    pub peer: Option<rill_transport::crypto::identity::NodeId>,
     /// Remote mode: traffic class of the sent messages.
     #[arg(long, value_enum, default_value = "background", requires = "connect")]
     pub class: ClassArg,

@@ -11,6 +11,8 @@
 
 pub mod admission;
 pub mod aead;
+pub mod handshake;
 pub mod identity;
+pub mod keys;
 pub mod replay;
 pub mod resolver;

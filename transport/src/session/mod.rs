@@ -47,6 +47,12 @@ use crate::rtt::RttEstimator;
 use crate::stream_floor::StreamFloor;
 
 mod receive;
+mod secure;
+pub(crate) use secure::HandshakeRejected;
+
+use crate::crypto::handshake::Handshake;
+use crate::crypto::identity::NodeId;
+use crate::crypto::keys::SessionKeys;
 use crate::wire::{self, AckFrame, Frame, Frames, Header, PacketType, Writer, HEADER_LEN};
 use receive::InMessage;
 
@@ -83,6 +89,9 @@ const HANDSHAKE_RETRY: Duration = Duration::from_millis(250);
 pub(crate) enum State {
     /// We sent SYN and wait for SYN_ACK.
     Connecting,
+    /// Responder of an XX handshake: SYN_ACK sent, waiting for the Finish (half-open; the
+    /// application has not heard of the session yet).
+    Accepting,
     Established,
     /// `close` was called: flushing the send buffer, then CLOSE until acked.
     Closing,
@@ -157,11 +166,25 @@ pub(crate) struct Session {
     last_recv: Instant,
     last_sent_ack_eliciting: Instant,
 
-    // Handshake (initiator).
+    // Handshake and keys (see `secure.rs`).
     next_syn: Option<Instant>,
     syn_backoff: u32,
     /// Responder: a SYN_ACK is owed.
     syn_ack_pending: bool,
+    handshake: Option<Box<Handshake>>,
+    keys: Option<SessionKeys>,
+    /// The peer's static key, once the handshake revealed it.
+    peer_node: Option<NodeId>,
+    /// Initiator: a cookie the responder asked us to attach to our Syn.
+    cookie: Option<Vec<u8>>,
+    /// Responder: our SynAck, resent when the Syn repeats.
+    syn_ack_message: Vec<u8>,
+    /// XX initiator: our Finish, resent until the responder is heard from.
+    finish_message: Option<Vec<u8>>,
+    next_finish: Option<Instant>,
+    /// The application opened this session with `connect` (it gets `Connected`, not
+    /// `Accepted`, even if a simultaneous open made us the responder).
+    locally_opened: bool,
 
     // Sending.
     next_pn: u64,
@@ -217,24 +240,29 @@ pub(crate) struct Session {
 pub(crate) enum Received {
     Ok,
     Malformed,
+    /// No keys yet (handshake not finished): dropped.
+    NoKeys,
+    /// Failed authentication: dropped, counted, changed nothing.
+    Unauthenticated,
+    /// Authentic but already received (or behind the replay window): dropped.
+    Replay,
 }
 
 impl Session {
+    /// A session with no handshake yet; `start_initiator` or `start_responder` follows.
     pub fn new(
         config: &SessionConfig,
         now: Instant,
         epoch: Instant,
         local_id: u32,
-        peer_id: u32,
         remote: SocketAddr,
-        initiator: bool,
     ) -> Self {
         let mds = config.max_datagram_size;
         Self {
             local_id,
-            peer_id,
+            peer_id: 0,
             remote,
-            state: if initiator { State::Connecting } else { State::Established },
+            state: State::Connecting,
             cc: config.congestion.build(now, mds),
             pacer: Pacer::new(now, mds),
             config: config.clone(),
@@ -242,9 +270,17 @@ impl Session {
             created: now,
             last_recv: now,
             last_sent_ack_eliciting: now,
-            next_syn: initiator.then_some(now),
+            next_syn: None,
             syn_backoff: 0,
-            syn_ack_pending: !initiator,
+            syn_ack_pending: false,
+            handshake: None,
+            keys: None,
+            peer_node: None,
+            cookie: None,
+            syn_ack_message: Vec::new(),
+            finish_message: None,
+            next_finish: None,
+            locally_opened: false,
             next_pn: 0,
             sent: VecDeque::new(),
             sent_base: 0,
@@ -360,49 +396,17 @@ impl Session {
     // -------------------------------------------------------------------------------
     // Network input
 
-    /// The responder's SYN_ACK arrived.
-    pub fn handle_syn_ack(
+    /// The peer's static key (its node id), once the handshake has revealed it.
+    pub fn peer_node(&self) -> Option<NodeId> {
+        self.peer_node
+    }
+
+    /// An authenticated packet's frames (`secure::handle_data` decrypted them).
+    fn handle_packet(
         &mut self,
         now: Instant,
         header: &Header,
-        peer_id: u32,
-        events: &mut dyn EventSink,
-    ) {
-        self.last_recv = now;
-        self.on_timestamps(now, header);
-        if self.state == State::Connecting {
-            self.peer_id = peer_id;
-            self.state = State::Established;
-            self.next_syn = None;
-            // The handshake round trip is the first RTT sample (Karn: only if no retry).
-            if self.syn_backoff == 0 {
-                self.rtt.update(now.saturating_duration_since(self.created), Duration::ZERO);
-            }
-            events.push(Event::Connected { session: self.id(), remote: self.remote });
-        }
-    }
-
-    /// The SYN that created this (responder) session.
-    pub fn handle_syn(&mut self, now: Instant, header: &Header) {
-        self.last_recv = now;
-        self.timestamp_diff = Some(self.timestamp_us(now).wrapping_sub(header.timestamp_us));
-    }
-
-    /// The peer says it has no such session.
-    pub fn reset(&mut self, events: &mut dyn EventSink) {
-        self.fail(CloseReason::Reset, events);
-    }
-
-    /// A duplicate SYN: our SYN_ACK was lost.
-    pub fn handle_duplicate_syn(&mut self, now: Instant) {
-        self.last_recv = now;
-        self.syn_ack_pending = true;
-    }
-
-    pub fn handle_packet(
-        &mut self,
-        now: Instant,
-        header: &Header,
+        pn: u64,
         body: &[u8],
         events: &mut dyn EventSink,
     ) -> Received {
@@ -414,18 +418,16 @@ impl Session {
                 Err(_) => return Received::Malformed,
             }
         }
-        if self.state == State::Connecting || self.state == State::Closed {
-            // Data before our SYN_ACK arrived: we cannot ack it meaningfully yet.
+        if matches!(self.state, State::Connecting | State::Accepting | State::Closed) {
             return Received::Ok;
         }
         self.last_recv = now;
         self.stats.packets_received += 1;
-        self.stats.bytes_received += (HEADER_LEN + body.len()) as u64;
+        self.stats.bytes_received += (HEADER_LEN + body.len() + crate::crypto::aead::TAG_LEN) as u64;
         self.peer_window = header.window as usize;
         self.on_timestamps(now, header);
 
         let expected = self.largest_received.map_or(0, |(pn, _)| pn + 1);
-        let pn = wire::expand_packet_number(header.packet_number, expected);
         let duplicate = pn < self.cum_ack || self.received.contains(pn);
         if duplicate {
             // Our ack was probably lost: send another soon.
@@ -726,6 +728,10 @@ impl Session {
                 consider(Some(self.created + self.config.handshake_timeout));
                 return t;
             }
+            State::Accepting => {
+                consider(Some(self.created + self.config.handshake_timeout));
+                return t;
+            }
             State::Draining => {
                 consider(self.drain_until);
                 consider(self.ack_deadline);
@@ -742,6 +748,8 @@ impl Session {
         consider(self.pacing_until);
         consider(self.deadlines.first().map(|&(d, _)| d));
         consider(self.close_deadline);
+        consider(self.next_finish);
+        consider(self.keys.as_ref().and_then(SessionKeys::poll_timeout));
         t
     }
 
@@ -751,6 +759,13 @@ impl Session {
             State::Connecting => {
                 if now >= self.created + self.config.handshake_timeout {
                     self.fail(CloseReason::HandshakeTimeout, events);
+                }
+                return;
+            }
+            State::Accepting => {
+                // Half-open and never announced: go quietly.
+                if now >= self.created + self.config.handshake_timeout {
+                    self.state = State::Closed;
                 }
                 return;
             }
@@ -768,6 +783,9 @@ impl Session {
         if now >= self.last_recv + self.config.idle_timeout {
             self.fail(CloseReason::IdleTimeout, events);
             return;
+        }
+        if let Some(keys) = self.keys.as_mut() {
+            keys.expire(now);
         }
         if self.close_deadline.is_some_and(|d| now >= d) {
             self.state = State::Closed;
@@ -858,14 +876,14 @@ impl Session {
 
     /// Build the next packet into `buf`; returns its length, or None if nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        match self.state {
-            State::Closed => return None,
-            State::Connecting => return self.poll_syn(now, buf),
-            _ => {}
+        if self.state == State::Closed {
+            return None;
         }
-        if self.syn_ack_pending {
-            self.syn_ack_pending = false;
-            return Some(self.write_handshake(now, buf, PacketType::SynAck, self.local_id));
+        if let Some(n) = self.poll_handshake(now, buf) {
+            return Some(n);
+        }
+        if matches!(self.state, State::Connecting | State::Accepting) {
+            return None;
         }
         if self.state == State::Draining {
             return if self.ack_now { self.build_packet(now, buf, None) } else { None };
@@ -908,38 +926,16 @@ impl Session {
         self.sent.iter().any(|p| p.in_flight && p.frames.iter().any(|f| matches!(f, SentFrame::Close)))
     }
 
-    fn poll_syn(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        let due = self.next_syn?;
-        if now < due {
-            return None;
-        }
-        self.next_syn = Some(now + HANDSHAKE_RETRY * (1 << self.syn_backoff.min(5)));
-        if self.stats.packets_sent > 0 {
-            self.syn_backoff += 1;
-        }
-        self.stats.packets_sent += 1;
-        Some(self.write_handshake(now, buf, PacketType::Syn, self.local_id))
-    }
-
-    fn write_handshake(&mut self, now: Instant, buf: &mut [u8], packet_type: PacketType, id: u32) -> usize {
-        let header = Header {
-            packet_type,
-            flags: 0,
-            session_id: if packet_type == PacketType::Syn { 0 } else { self.peer_id },
-            timestamp_us: self.timestamp_us(now),
-            timestamp_diff_us: 0,
-            window: 0,
-            packet_number: 0,
-        };
-        header.encode(buf);
-        let mut w = Writer::new(buf, HEADER_LEN);
-        w.varint(id as u64);
-        w.pos()
-    }
-
+    /// Build the next Data packet into `buf` and seal it; returns its length.
     fn build_packet(&mut self, now: Instant, buf: &mut [u8], data_class: Option<Class>) -> Option<usize> {
-        let mds = self.mds().min(buf.len());
-        let buf = &mut buf[..mds];
+        let pn = self.next_pn;
+        let room = self.frame_room(buf.len());
+        let len = self.build_frames(now, &mut buf[..room], data_class)?;
+        self.seal(now, pn, buf, len)
+    }
+
+    /// Header and frames of the next Data packet, in cleartext, into `buf`.
+    fn build_frames(&mut self, now: Instant, buf: &mut [u8], data_class: Option<Class>) -> Option<usize> {
         let pn = self.next_pn;
         let window =
             self.config.receive_window.saturating_sub(self.incoming_bytes).min(u32::MAX as usize) as u32;
@@ -999,10 +995,10 @@ impl Session {
             // us: a stream packet sent above cwnd while background waits must still let
             // the controller grow, or a stream plus background leaves an idle link unused.
             let app_limited = !Class::ALL.into_iter().any(|c| self.has_queued(c));
-            self.finish_packet(now, pn, w.pos(), frames, app_limited);
+            self.finish_packet(now, pn, w.pos() + crate::crypto::aead::TAG_LEN, frames, app_limited);
         } else {
             let app_limited = true;
-            self.finish_packet(now, pn, w.pos(), frames, app_limited);
+            self.finish_packet(now, pn, w.pos() + crate::crypto::aead::TAG_LEN, frames, app_limited);
         }
         Some(w.pos())
     }
@@ -1078,6 +1074,8 @@ impl Session {
             queueing_delay_estimate: self.cc.queueing_delay(),
             pacing_rate_bps: self.cc.pacing_rate(&self.rtt) * 8.0,
             send_queue_bytes: self.send_buffered,
+            key_updates_sent: self.keys.as_ref().map_or(0, |k| k.stats.send_key_updates),
+            key_updates_received: self.keys.as_ref().map_or(0, |k| k.stats.recv_key_updates),
             ..self.stats.clone()
         }
     }

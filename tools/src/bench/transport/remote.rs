@@ -28,8 +28,10 @@ pub fn listen(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
     let limit = args.duration.map(Duration::from_secs_f64);
     runtime()?.block_on(async move {
         let mut driver = UdpDriver::bind(addr, &SocketOptions::default()).with_context(|| format!("binding {addr}"))?;
-        eprintln!("rill bench: listening on {}", driver.local_addr()?);
-        let mut ep = Endpoint::new(EndpointConfig::default(), Instant::now(), rand_seed());
+        let node_key = crate::node_key::load_or_create(args.node_key.as_deref())?;
+        eprintln!("rill bench: listening on {} (connect with --peer {})", driver.local_addr()?, node_key.id());
+        let config = EndpointConfig { node_key: Some(node_key), ..EndpointConfig::default() };
+        let mut ep = Endpoint::new(config, Instant::now(), rand_seed());
         let start = Instant::now();
         let mut next_report = start + REPORT_EVERY;
         let (mut interval_bytes, mut total_bytes, mut messages) = (0u64, 0u64, 0u64);
@@ -42,7 +44,10 @@ pub fn listen(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
             }
             while let Some(e) = ep.poll_event() {
                 match e {
-                    Event::Accepted { remote, .. } => eprintln!("rill bench: session from {remote}"),
+                    Event::Accepted { session, remote } => match ep.peer_node(session) {
+                        Some(peer) => eprintln!("rill bench: session from {remote}, node {peer}"),
+                        None => eprintln!("rill bench: session from {remote}"),
+                    },
                     Event::Message { data, .. } => {
                         interval_bytes += data.len() as u64;
                         total_bytes += data.len() as u64;
@@ -88,8 +93,16 @@ pub fn connect(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
         let mut driver = UdpDriver::bind(bind, &SocketOptions::default())?;
-        let mut ep = Endpoint::new(EndpointConfig::default(), Instant::now(), rand_seed());
-        let session = ep.connect(Instant::now(), addr)?;
+        let node_key = match args.node_key.as_deref() {
+            Some(path) => Some(crate::node_key::load_or_create(Some(path))?),
+            None => None,
+        };
+        let config = EndpointConfig { node_key, ..EndpointConfig::default() };
+        let mut ep = Endpoint::new(config, Instant::now(), rand_seed());
+        let session = match args.peer {
+            Some(peer) => ep.connect_to(Instant::now(), addr, peer)?,
+            None => ep.connect(Instant::now(), addr)?,
+        };
         let message = Bytes::from(vec![0xa5; MESSAGE_SIZE]);
         let mut connected_at: Option<Instant> = None;
         let mut offered = 0u64;
@@ -118,7 +131,12 @@ pub fn connect(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
             driver.step(&mut ep, wake).await?;
             while let Some(e) = ep.poll_event() {
                 match e {
-                    Event::Connected { .. } => connected_at = Some(Instant::now()),
+                    Event::Connected { session, .. } => {
+                        connected_at = Some(Instant::now());
+                        if let Some(peer) = ep.peer_node(session) {
+                            eprintln!("rill bench: connected to node {peer}");
+                        }
+                    }
                     Event::Closed { reason, .. } => anyhow::bail!("session closed: {reason:?}"),
                     _ => {}
                 }
