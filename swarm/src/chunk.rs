@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 /// A channel is named by the publisher's Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChannelId(pub [u8; 32]);
 
 /// One signed chunk of the stream.
