@@ -1,14 +1,43 @@
 //! One swarm node (publisher, relay or viewer) as a sans-IO state machine.
 //!
-//! API FIXED; behaviour in progress.
+//! # How chunks travel
+//! - **Stripes and push trees** (SplitStream, Castro et al., SOSP 2003): chunk `seq` belongs
+//!   to stripe `seq % K`, and each stripe has its own push tree rooted at the publisher. A
+//!   viewer is *interior* (forwards) only in its home stripe (`id % K`) and a leaf in the
+//!   others, so a departure costs each child one stripe, not the stream. Relays and the
+//!   publisher are interior in every stripe. A node takes as many children as its upload
+//!   carries at [`TREE_UPLOAD_SHARE`] of capacity.
+//! - **Joining a tree**: `Subscribe` to a candidate; a parent with room answers `Accept`,
+//!   one without answers `Redirect` to its children with room, so a newcomer walks down
+//!   from the root and trees fill breadth-first (shallow). A full parent takes a newcomer
+//!   with much more upload than its weakest child and redirects that child below the
+//!   newcomer (mTreebone's capacity-ordered core, Wang et al., INFOCOM 2007): strong nodes
+//!   end up near the root, and trees stay shallow.
+//! - **Mesh** (HyParView-like, Leitão et al., DSN 2007): a bounded active view of mesh
+//!   neighbours exchanging availability summaries (`Have`), and a bounded passive view fed by
+//!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours.
+//! - **Parent failure**: a parent that sends nothing in its stripe while the rest of the
+//!   stream keeps arriving is dropped and replaced; missing chunks are pulled meanwhile.
+//! - **Fast join**: a parent sends a new child its stripe's chunks from the latest keyframe,
+//!   so a newcomer holds a whole keyframe group (across its K parents) at once.
+//! - **Trust**: every chunk is verified before it is kept, forwarded or played; a peer that
+//!   sends a forged chunk is banned for good.
+//!
+//! # Call order
+//! As the transport's `Endpoint`: feed `handle_message` / `handle_peer_lost` /
+//! `handle_timeout` (when `poll_timeout` is due) and `publish`; then drain `poll_transmit` and
+//! `poll_event`. `now` never goes backwards; randomness comes only from the seed.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 use rill_transport::Class;
 
 use crate::chunk::{ChannelId, Chunk};
-use crate::message::{Message, PeerInfo};
+use crate::message::{Have, Message, PeerInfo, HAVE_WINDOW, MAX_PEERS_PER_MESSAGE, MAX_REQUEST};
 use crate::NodeId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +77,8 @@ pub enum NodeEvent {
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// The destination. When we only know a peer by the session it reached us on, `addr`
+    /// is unspecified (0.0.0.0:0) and the driver uses that session.
     pub to: PeerInfo,
     pub message: Message,
     /// The transport class to send it in.
@@ -74,45 +105,864 @@ pub trait Verify: std::fmt::Debug {
     fn verify(&mut self, channel: &ChannelId, chunk: &Chunk) -> bool;
 }
 
+/// Share of the upload the push trees may fill; the rest absorbs repair pulls, control
+/// traffic and bursts (a full uplink queues, and queueing is lag at every hop below).
+pub const TREE_UPLOAD_SHARE: f64 = 0.75;
+/// How long a newer chunk must have been here before an older missing one is pulled.
+const REPAIR_GRACE: Duration = Duration::from_millis(150);
+/// Housekeeping period: parent checks, repairs, mesh upkeep.
+pub const TICK: Duration = Duration::from_millis(100);
+/// `Have` summaries go to mesh neighbours every this many ticks.
+const HAVE_EVERY_TICKS: u32 = 5;
+/// Passive view bound (HyParView: passive view is several times the active view).
+pub const MAX_PASSIVE: usize = 64;
+/// Peers we keep contact details of (children, parents, mesh, passive, candidates).
+pub const MAX_DIRECTORY: usize = 1024;
+/// Peers banned for forged chunks that we remember.
+pub const MAX_BANNED: usize = 1024;
+/// Parent candidates queued per stripe.
+const MAX_CANDIDATES: usize = 32;
+/// Outstanding pull requests.
+pub const MAX_PENDING_PULLS: usize = 256;
+/// Chunks a peer may pull from us per tick (twice the stream's chunk rate per tick is
+/// more than any honest repair needs; a flood beyond it is ignored and counted).
+const MAX_SERVED_PER_PEER_PER_TICK: u32 = 16;
+/// Transmits queued for the driver; beyond this the node is being flooded and drops.
+pub const MAX_TRANSMITS: usize = 4096;
+/// Children per stripe, whatever the upload (a relay with 1 Gbit/s still fans out to at
+/// most this many, which bounds state and per-chunk work).
+pub const MAX_CHILDREN_PER_STRIPE: usize = 64;
+/// A full parent takes a newcomer over its weakest child when the newcomer's upload is
+/// at least this many times larger (hysteresis against churning the tree).
+const PREEMPT_FACTOR: u32 = 2;
+
+#[derive(Debug, Clone, Copy)]
+struct Parent {
+    id: NodeId,
+    since: Instant,
+    last_chunk: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct StripeState {
+    parent: Option<Parent>,
+    /// Subscribe sent, no answer yet: (to, when).
+    pending: Option<(NodeId, Instant)>,
+    candidates: VecDeque<NodeId>,
+    children: BTreeSet<NodeId>,
+    /// Newest chunk of this stripe we hold.
+    latest: Option<u64>,
+    /// Peers that redirected or refused us recently in this search (not retried at once).
+    tried: BTreeSet<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MeshPeer {
+    have: Have,
+    /// Chunks served to this peer in the current tick.
+    served: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    chunk: Chunk,
+    hops: u8,
+    arrived: Instant,
+}
+
 #[derive(Debug)]
 pub struct Node {
+    config: NodeConfig,
     me: PeerInfo,
+    role: Role,
+    channel: ChannelId,
+    rng: ChaCha8Rng,
+    verifier: Box<dyn Verify>,
+    /// Contact details of peers we know.
+    directory: BTreeMap<NodeId, PeerInfo>,
+    /// Bootstrap peers (publisher, relays): roots to restart a search from.
+    roots: Vec<NodeId>,
+    mesh: BTreeMap<NodeId, MeshPeer>,
+    /// Hellos sent to grow the mesh, not answered yet.
+    mesh_pending: BTreeMap<NodeId, Instant>,
+    passive: BTreeSet<NodeId>,
+    banned: BTreeSet<NodeId>,
+    stripes: Vec<StripeState>,
+    buffer: BTreeMap<u64, Held>,
+    latest_keyframe: Option<u64>,
+    /// First sequence number this node wants (its start); repairs never go below it.
+    first_needed: Option<u64>,
+    pulls: BTreeMap<u64, (NodeId, Instant)>,
+    next_tick: Instant,
+    ticks: u32,
     transmits: VecDeque<Transmit>,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
+    transmits_dropped: u64,
 }
 
 impl Node {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        _config: NodeConfig,
+        config: NodeConfig,
         me: PeerInfo,
-        _role: Role,
-        _channel: ChannelId,
-        _bootstrap: Vec<PeerInfo>,
-        _now: Instant,
-        _seed: u64,
-        _verifier: Box<dyn Verify>,
+        role: Role,
+        channel: ChannelId,
+        bootstrap: Vec<PeerInfo>,
+        now: Instant,
+        seed: u64,
+        verifier: Box<dyn Verify>,
     ) -> Node {
-        Node { me, transmits: VecDeque::new(), events: VecDeque::new(), stats: NodeStats::default() }
+        let k = config.stripes.max(1) as usize;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Spread the nodes' ticks so they do not all fire at once.
+        let phase = Duration::from_micros(rng.next_u64() % TICK.as_micros() as u64);
+        let mut node = Node {
+            config,
+            me,
+            role,
+            channel,
+            rng,
+            verifier,
+            directory: BTreeMap::new(),
+            roots: Vec::new(),
+            mesh: BTreeMap::new(),
+            mesh_pending: BTreeMap::new(),
+            passive: BTreeSet::new(),
+            banned: BTreeSet::new(),
+            stripes: (0..k).map(|_| StripeState::default()).collect(),
+            buffer: BTreeMap::new(),
+            latest_keyframe: None,
+            first_needed: None,
+            pulls: BTreeMap::new(),
+            next_tick: now + phase,
+            ticks: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+            transmits_dropped: 0,
+        };
+        let me = node.me.id;
+        for peer in bootstrap.into_iter().filter(|p| p.id != me) {
+            node.learn(peer);
+            node.roots.push(peer.id);
+            node.passive.insert(peer.id);
+        }
+        if role != Role::Publisher {
+            // Roots first: relays, then the publisher (relays have more room).
+            let mut roots = node.roots.clone();
+            roots.sort_by_key(|id| std::cmp::Reverse(node.directory.get(id).map_or(0, |p| p.upload_kbps)));
+            for s in 0..k {
+                node.stripes[s].candidates = roots.iter().copied().collect();
+            }
+            for id in roots.iter().take(node.config.mesh_size.max(1)) {
+                node.say_hello(now, *id);
+            }
+            for s in 0..k {
+                node.find_parent(now, s);
+            }
+        }
+        node
     }
 
     pub fn id(&self) -> NodeId {
         self.me.id
     }
 
-    /// Publisher: a new chunk, already signed.
-    pub fn publish(&mut self, _now: Instant, _chunk: Chunk) {}
+    fn k(&self) -> usize {
+        self.stripes.len()
+    }
 
-    pub fn handle_message(&mut self, _now: Instant, _from: NodeId, _message: Message) {}
+    /// The stripe this node forwards in (viewers), by its id.
+    pub fn home_stripe(id: &NodeId, stripes: u8) -> usize {
+        let s = stripes.max(1) as u64;
+        (u64::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3], id.0[4], id.0[5], id.0[6], id.0[7]]) % s)
+            as usize
+    }
+
+    fn is_interior_peer(&self, info: &PeerInfo, stripe: usize) -> bool {
+        info.relay || Node::home_stripe(&info.id, self.config.stripes) == stripe
+    }
+
+    fn interior_in(&self, stripe: usize) -> bool {
+        match self.role {
+            Role::Publisher | Role::Relay => true,
+            Role::Viewer => Node::home_stripe(&self.me.id, self.config.stripes) == stripe,
+        }
+    }
+
+    /// Children this node can feed in `stripe`.
+    fn child_capacity(&self, stripe: usize) -> usize {
+        if !self.interior_in(stripe) {
+            return 0;
+        }
+        let stripe_kbps = (self.config.stream_kbps as f64 / self.k() as f64).max(1.0);
+        let slots = (self.config.upload_kbps as f64 * TREE_UPLOAD_SHARE / stripe_kbps).floor() as usize;
+        let per_stripe = match self.role {
+            Role::Viewer => slots,
+            Role::Publisher | Role::Relay => slots / self.k(),
+        };
+        per_stripe.clamp(if self.role == Role::Publisher { 1 } else { 0 }, MAX_CHILDREN_PER_STRIPE)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Output helpers
+
+    fn info_of(&self, id: NodeId) -> PeerInfo {
+        self.directory.get(&id).copied().unwrap_or(PeerInfo {
+            id,
+            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            upload_kbps: 0,
+            relay: false,
+        })
+    }
+
+    fn send(&mut self, to: NodeId, message: Message, class: Class) {
+        if self.transmits.len() >= MAX_TRANSMITS {
+            self.transmits_dropped += 1;
+            return;
+        }
+        let to = self.info_of(to);
+        self.transmits.push_back(Transmit { to, message, class });
+    }
+
+    fn learn(&mut self, info: PeerInfo) {
+        if info.id == self.me.id || self.banned.contains(&info.id) {
+            return;
+        }
+        if self.directory.len() >= MAX_DIRECTORY && !self.directory.contains_key(&info.id) {
+            // Forget a passive-only peer to make room.
+            let victim = self.passive.iter().copied().find(|id| !self.is_attached(id));
+            match victim {
+                Some(v) => {
+                    self.passive.remove(&v);
+                    self.directory.remove(&v);
+                }
+                None => return,
+            }
+        }
+        self.directory.insert(info.id, info);
+    }
+
+    /// A peer we have a tree or mesh relation with.
+    fn is_attached(&self, id: &NodeId) -> bool {
+        self.mesh.contains_key(id)
+            || self.roots.contains(id)
+            || self.stripes.iter().any(|s| s.children.contains(id) || s.parent.is_some_and(|p| p.id == *id))
+    }
+
+    fn add_passive(&mut self, id: NodeId) {
+        if id == self.me.id || self.banned.contains(&id) || self.mesh.contains_key(&id) {
+            return;
+        }
+        if self.passive.len() >= MAX_PASSIVE {
+            let n = self.rng.next_u32() as usize % self.passive.len();
+            if let Some(victim) = self.passive.iter().nth(n).copied() {
+                self.passive.remove(&victim);
+            }
+        }
+        self.passive.insert(id);
+    }
+
+    fn say_hello(&mut self, now: Instant, to: NodeId) {
+        self.mesh_pending.insert(to, now);
+        self.send(to, Message::Hello { info: self.me }, Class::Control);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Inputs
+
+    /// Publisher: a new chunk, already signed.
+    pub fn publish(&mut self, _now: Instant, chunk: Chunk) {
+        if self.role != Role::Publisher {
+            return;
+        }
+        let (seq, stripe) = (chunk.seq, chunk.stripe as usize);
+        if chunk.keyframe {
+            self.latest_keyframe = Some(seq);
+        }
+        self.first_needed.get_or_insert(seq);
+        let children: Vec<NodeId> =
+            self.stripes.get(stripe).map_or(Vec::new(), |s| s.children.iter().copied().collect());
+        for c in children {
+            self.send(c, Message::Chunk { hops: 1, chunk: chunk.clone() }, Class::Stream);
+        }
+        if let Some(st) = self.stripes.get_mut(stripe) {
+            st.latest = Some(st.latest.map_or(seq, |l| l.max(seq)));
+        }
+        self.store(chunk, 0, _now);
+    }
+
+    pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
+        if self.banned.contains(&from) || from == self.me.id {
+            return;
+        }
+        match message {
+            Message::Hello { info } => self.on_hello(now, from, info),
+            Message::Peers { peers } => {
+                for p in peers.into_iter().take(MAX_PEERS_PER_MESSAGE) {
+                    self.learn(p);
+                    self.add_passive(p.id);
+                }
+            }
+            Message::Subscribe { stripe } => self.on_subscribe(now, from, stripe as usize),
+            Message::Accept { stripe } => self.on_accept(now, from, stripe as usize),
+            Message::Redirect { stripe, candidates } => {
+                self.on_redirect(now, from, stripe as usize, candidates)
+            }
+            Message::Unsubscribe { stripe } => self.on_unsubscribe(now, from, stripe as usize),
+            Message::Have(have) => {
+                if let Some(m) = self.mesh.get_mut(&from) {
+                    m.have = have;
+                }
+            }
+            Message::Request { seqs } => self.on_request(from, seqs),
+            Message::Chunk { hops, chunk } => self.on_chunk(now, from, hops, chunk),
+            Message::Leave => self.forget(now, from),
+        }
+    }
 
     /// The transport gave up on `peer` (session closed or unreachable).
-    pub fn handle_peer_lost(&mut self, _now: Instant, _peer: NodeId) {}
+    pub fn handle_peer_lost(&mut self, now: Instant, peer: NodeId) {
+        self.forget(now, peer);
+    }
 
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    fn on_hello(&mut self, now: Instant, from: NodeId, info: PeerInfo) {
+        if info.id != from {
+            return;
+        }
+        self.learn(info);
+        let was_pending = self.mesh_pending.remove(&from).is_some();
+        if self.mesh.contains_key(&from) {
+            return;
+        }
+        // HyParView keeps the active view symmetric: answer a Hello we did not ask for
+        // with our own when we take the peer; a full view only passes on contacts.
+        if self.mesh.len() < self.config.mesh_size {
+            self.mesh.insert(from, MeshPeer { have: Have::default(), served: 0 });
+            self.passive.remove(&from);
+            if !was_pending {
+                self.send(from, Message::Hello { info: self.me }, Class::Control);
+            }
+        } else {
+            self.add_passive(from);
+        }
+        let peers = self.sample_peers(from);
+        if !peers.is_empty() && !was_pending {
+            self.send(from, Message::Peers { peers }, Class::Control);
+        }
+        let _ = now;
+    }
+
+    /// Some peers for peer exchange: mesh and passive, random, never `except`.
+    fn sample_peers(&mut self, except: NodeId) -> Vec<PeerInfo> {
+        let pool: Vec<NodeId> =
+            self.mesh.keys().chain(self.passive.iter()).copied().filter(|id| *id != except).collect();
+        let mut picked = Vec::new();
+        let mut seen = BTreeSet::new();
+        for _ in 0..pool.len().min(MAX_PEERS_PER_MESSAGE * 2) {
+            if picked.len() >= MAX_PEERS_PER_MESSAGE / 2 || pool.is_empty() {
+                break;
+            }
+            let id = pool[self.rng.next_u32() as usize % pool.len()];
+            if seen.insert(id) {
+                if let Some(info) = self.directory.get(&id) {
+                    picked.push(*info);
+                }
+            }
+        }
+        picked
+    }
+
+    fn on_subscribe(&mut self, now: Instant, from: NodeId, stripe: usize) {
+        if stripe >= self.k() {
+            return;
+        }
+        if self.stripes[stripe].children.contains(&from) {
+            self.send(from, Message::Accept { stripe: stripe as u8 }, Class::Control);
+            return;
+        }
+        let cap = self.child_capacity(stripe);
+        if self.stripes[stripe].children.len() < cap {
+            self.adopt(now, from, stripe);
+            return;
+        }
+        // Full. An interior newcomer (one that will forward this stripe) takes the place
+        // of a leaf child (SplitStream's push-down: leaves must not hold slots near the
+        // root), or of an interior child with far less upload (capacity-ordered trees).
+        // The displaced child is redirected to the newcomer, one level down.
+        let newcomer = self.info_of(from);
+        if cap > 0 && self.is_interior_peer(&newcomer, stripe) {
+            let displaced = self.stripes[stripe]
+                .children
+                .iter()
+                .map(|c| {
+                    let info = self.info_of(*c);
+                    (self.is_interior_peer(&info, stripe), info.upload_kbps, *c)
+                })
+                .min();
+            let take = match displaced {
+                Some((false, _, leaf)) => Some(leaf),
+                Some((true, kbps, weak)) if newcomer.upload_kbps >= PREEMPT_FACTOR * kbps.max(1) => {
+                    Some(weak)
+                }
+                _ => None,
+            };
+            if let Some(victim) = take {
+                self.stripes[stripe].children.remove(&victim);
+                self.adopt(now, from, stripe);
+                let mut candidates = vec![newcomer];
+                candidates
+                    .extend(self.redirect_candidates(stripe, victim).into_iter().filter(|c| c.id != from));
+                candidates.truncate(MAX_PEERS_PER_MESSAGE);
+                self.send(victim, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
+                return;
+            }
+        }
+        let candidates = self.redirect_candidates(stripe, from);
+        self.send(from, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
+    }
+
+    fn adopt(&mut self, _now: Instant, child: NodeId, stripe: usize) {
+        self.stripes[stripe].children.insert(child);
+        self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
+        // Fast join: this stripe's chunks from the latest keyframe on, oldest first.
+        if let Some(kf) = self.latest_keyframe {
+            let chunks: Vec<Held> = self
+                .buffer
+                .range(kf..)
+                .filter(|(_, h)| h.chunk.stripe as usize == stripe)
+                .map(|(_, h)| h.clone())
+                .collect();
+            for h in chunks {
+                self.send(
+                    child,
+                    Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk },
+                    Class::Stream,
+                );
+            }
+        }
+    }
+
+    /// Where to send a subscriber we cannot take: our interior children in the stripe
+    /// (they sit one level below us), then interior peers we know, strongest first.
+    fn redirect_candidates(&mut self, stripe: usize, except: NodeId) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self.stripes[stripe]
+            .children
+            .iter()
+            .filter(|c| **c != except)
+            .filter_map(|c| self.directory.get(c).copied())
+            .filter(|i| self.is_interior_peer(i, stripe))
+            .collect();
+        out.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
+        if out.len() < MAX_PEERS_PER_MESSAGE / 2 {
+            let mut more: Vec<PeerInfo> = self
+                .mesh
+                .keys()
+                .chain(self.passive.iter())
+                .filter(|id| **id != except)
+                .filter_map(|id| self.directory.get(id).copied())
+                .filter(|i| self.is_interior_peer(i, stripe) && !out.iter().any(|o| o.id == i.id))
+                .collect();
+            more.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
+            out.extend(more);
+        }
+        out.truncate(MAX_PEERS_PER_MESSAGE);
+        out
+    }
+
+    fn on_accept(&mut self, now: Instant, from: NodeId, stripe: usize) {
+        if stripe >= self.k() {
+            return;
+        }
+        let st = &mut self.stripes[stripe];
+        if st.pending.is_some_and(|(p, _)| p == from) {
+            st.pending = None;
+            if let Some(old) = st.parent.take() {
+                if old.id != from {
+                    self.send(old.id, Message::Unsubscribe { stripe: stripe as u8 }, Class::Control);
+                }
+            }
+            let st = &mut self.stripes[stripe];
+            st.parent = Some(Parent { id: from, since: now, last_chunk: None });
+            st.candidates.clear();
+            st.tried.clear();
+        } else if self.stripes[stripe].parent.is_none_or(|p| p.id != from) {
+            // A late answer to a search we gave up: decline.
+            self.send(from, Message::Unsubscribe { stripe: stripe as u8 }, Class::Control);
+        }
+    }
+
+    fn on_redirect(&mut self, now: Instant, from: NodeId, stripe: usize, candidates: Vec<PeerInfo>) {
+        if stripe >= self.k() {
+            return;
+        }
+        for c in &candidates {
+            self.learn(*c);
+        }
+        let st = &mut self.stripes[stripe];
+        let was_parent = st.parent.is_some_and(|p| p.id == from);
+        let was_pending = st.pending.is_some_and(|(p, _)| p == from);
+        if !was_parent && !was_pending {
+            return;
+        }
+        if was_parent {
+            st.parent = None;
+            self.stats.reparents += 1;
+        }
+        let st = &mut self.stripes[stripe];
+        st.pending = None;
+        st.tried.insert(from);
+        // Redirect candidates go first, in the order given.
+        for c in candidates.iter().rev() {
+            if c.id != self.me.id && !st.tried.contains(&c.id) {
+                st.candidates.retain(|x| *x != c.id);
+                st.candidates.push_front(c.id);
+            }
+        }
+        st.candidates.truncate(MAX_CANDIDATES);
+        self.find_parent(now, stripe);
+    }
+
+    fn on_unsubscribe(&mut self, now: Instant, from: NodeId, stripe: usize) {
+        if stripe >= self.k() {
+            return;
+        }
+        self.stripes[stripe].children.remove(&from);
+        if self.stripes[stripe].parent.is_some_and(|p| p.id == from) {
+            self.stripes[stripe].parent = None;
+            self.stats.reparents += 1;
+            self.find_parent(now, stripe);
+        }
+    }
+
+    fn on_request(&mut self, from: NodeId, seqs: Vec<u64>) {
+        let Some(peer) = self.mesh.get_mut(&from) else {
+            // Pulls are a mesh service; strangers and children use the tree.
+            return;
+        };
+        let budget = MAX_SERVED_PER_PEER_PER_TICK.saturating_sub(peer.served);
+        let mut served = 0u32;
+        for seq in seqs.into_iter().take(MAX_REQUEST) {
+            if served >= budget {
+                break;
+            }
+            if let Some(h) = self.buffer.get(&seq) {
+                let msg = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
+                served += 1;
+                self.send(from, msg, Class::Stream);
+            }
+        }
+        if let Some(peer) = self.mesh.get_mut(&from) {
+            peer.served += served;
+        }
+        self.stats.pulls_served += served as u64;
+    }
+
+    fn on_chunk(&mut self, now: Instant, from: NodeId, hops: u8, chunk: Chunk) {
+        let stripe = chunk.stripe as usize;
+        if stripe >= self.k() || chunk.stripes as usize != self.k() {
+            self.ban(now, from);
+            return;
+        }
+        if let Some(p) = self.stripes[stripe].parent.as_mut().filter(|p| p.id == from) {
+            p.last_chunk = Some(now);
+        }
+        let len = chunk.payload.len() as u64;
+        if self.buffer.contains_key(&chunk.seq) || self.first_needed.is_some_and(|f| chunk.seq < f) {
+            self.stats.duplicate_payload_bytes += len;
+            return;
+        }
+        if !self.verifier.verify(&self.channel, &chunk) {
+            self.stats.forged_chunks += 1;
+            self.events.push_back(NodeEvent::ForgedChunk { from });
+            self.ban(now, from);
+            return;
+        }
+        self.stats.chunks_received += 1;
+        self.stats.useful_payload_bytes += len;
+        self.pulls.remove(&chunk.seq);
+        if self.first_needed.is_none() {
+            // We start at the first chunk we get (fast join sends from a keyframe).
+            self.first_needed = Some(chunk.seq);
+        }
+        if chunk.keyframe && self.latest_keyframe.is_none_or(|k| chunk.seq > k) {
+            self.latest_keyframe = Some(chunk.seq);
+        }
+        let st = &mut self.stripes[stripe];
+        st.latest = Some(st.latest.map_or(chunk.seq, |l| l.max(chunk.seq)));
+        self.events.push_back(NodeEvent::Chunk {
+            seq: chunk.seq,
+            ingest_us: chunk.ingest_us,
+            keyframe: chunk.keyframe,
+            hops,
+            from,
+        });
+        let children: Vec<NodeId> = self.stripes[stripe].children.iter().copied().collect();
+        for c in children {
+            if c != from {
+                self.send(
+                    c,
+                    Message::Chunk { hops: hops.saturating_add(1), chunk: chunk.clone() },
+                    Class::Stream,
+                );
+            }
+        }
+        self.store(chunk, hops, now);
+    }
+
+    fn store(&mut self, chunk: Chunk, hops: u8, arrived: Instant) {
+        self.buffer.insert(chunk.seq, Held { chunk, hops, arrived });
+        while self.buffer.len() > self.buffer_limit() {
+            self.buffer.pop_first();
+        }
+    }
+
+    /// Chunks kept: ten seconds of stream (a keyframe group for newcomers, and room for
+    /// neighbours' repairs), at least `HAVE_WINDOW`.
+    fn buffer_limit(&self) -> usize {
+        let per_s = 1_000_000 / self.config.chunk_duration.as_micros().max(1) as usize;
+        (10 * per_s).clamp(HAVE_WINDOW as usize, 4096)
+    }
+
+    /// A forged chunk: never trust this peer again.
+    fn ban(&mut self, now: Instant, peer: NodeId) {
+        if self.banned.len() >= MAX_BANNED {
+            self.banned.pop_first();
+        }
+        self.banned.insert(peer);
+        self.forget(now, peer);
+        self.directory.remove(&peer);
+    }
+
+    /// Drop every relation with `peer`; find new parents where it was one.
+    fn forget(&mut self, now: Instant, peer: NodeId) {
+        self.mesh.remove(&peer);
+        self.mesh_pending.remove(&peer);
+        self.passive.remove(&peer);
+        self.pulls.retain(|_, (p, _)| *p != peer);
+        for s in 0..self.k() {
+            let st = &mut self.stripes[s];
+            st.children.remove(&peer);
+            st.candidates.retain(|c| *c != peer);
+            if st.pending.is_some_and(|(p, _)| p == peer) {
+                st.pending = None;
+            }
+            if st.parent.is_some_and(|p| p.id == peer) {
+                st.parent = None;
+                self.stats.reparents += 1;
+                self.find_parent(now, s);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Trees
+
+    /// Subscribe to the next candidate in `stripe` if we have neither parent nor search.
+    fn find_parent(&mut self, now: Instant, stripe: usize) {
+        if self.role == Role::Publisher {
+            return;
+        }
+        let st = &self.stripes[stripe];
+        if st.parent.is_some() || st.pending.is_some() {
+            return;
+        }
+        let interior = !st.children.is_empty();
+        let next = loop {
+            let Some(c) = self.stripes[stripe].candidates.pop_front() else { break None };
+            if c != self.me.id && !self.banned.contains(&c) && !self.stripes[stripe].children.contains(&c) {
+                break Some(c);
+            }
+        };
+        let next = next.or_else(|| {
+            // Walk down from the roots again: trees fill from the top, so the first node
+            // with room on the way down is as shallow as a slot gets. It is also safe: an
+            // interior node's own subtree hangs below it, detached, so a walk from a root
+            // never reaches it (no cycles). Known interior peers follow, for when the
+            // roots do not answer.
+            self.stripes[stripe].tried.clear();
+            let mut pool: Vec<NodeId> = self.roots.clone();
+            if !interior {
+                let mut known: Vec<PeerInfo> = self
+                    .mesh
+                    .keys()
+                    .chain(self.passive.iter())
+                    .filter_map(|id| self.directory.get(id).copied())
+                    .filter(|i| self.is_interior_peer(i, stripe) && !i.relay)
+                    .collect();
+                known.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
+                pool.extend(known.into_iter().map(|i| i.id));
+            }
+            let st = &mut self.stripes[stripe];
+            st.candidates = pool.into_iter().take(MAX_CANDIDATES).collect();
+            st.candidates.pop_front()
+        });
+        if let Some(c) = next {
+            self.stripes[stripe].pending = Some((c, now));
+            self.send(c, Message::Subscribe { stripe: stripe as u8 }, Class::Control);
+        }
+    }
+
+    /// How long a subscribe may go unanswered.
+    fn subscribe_timeout(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    /// A parent is dead or too slow when nothing came from it in its stripe for this long
+    /// while later chunks of other stripes arrived: about three of its chunk intervals.
+    fn parent_timeout(&self) -> Duration {
+        (self.config.chunk_duration * self.k() as u32 * 3).max(Duration::from_millis(300))
+    }
+
+    fn check_parents(&mut self, now: Instant) {
+        let newest = self.buffer.keys().next_back().copied();
+        for s in 0..self.k() {
+            if let Some((p, at)) = self.stripes[s].pending {
+                if now.saturating_duration_since(at) >= self.subscribe_timeout() {
+                    self.stripes[s].pending = None;
+                    self.stripes[s].tried.insert(p);
+                }
+            }
+            if let Some(parent) = self.stripes[s].parent {
+                let quiet_since = parent.last_chunk.unwrap_or(parent.since);
+                // The stream is flowing (others delivered newer chunks) but not this stripe.
+                let stripe_behind = match (newest, self.stripes[s].latest) {
+                    (Some(n), Some(l)) => n >= l + 2 * self.k() as u64,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if stripe_behind && now.saturating_duration_since(quiet_since) >= self.parent_timeout() {
+                    self.send(parent.id, Message::Unsubscribe { stripe: s as u8 }, Class::Control);
+                    self.stripes[s].parent = None;
+                    self.stripes[s].tried.insert(parent.id);
+                    self.stats.reparents += 1;
+                }
+            }
+            self.find_parent(now, s);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Mesh
+
+    fn maintain_mesh(&mut self, now: Instant) {
+        self.mesh_pending.retain(|_, at| now.saturating_duration_since(*at) < Duration::from_secs(2));
+        let want = self.config.mesh_size.saturating_sub(self.mesh.len() + self.mesh_pending.len());
+        if want == 0 || self.passive.is_empty() {
+            return;
+        }
+        let pool: Vec<NodeId> =
+            self.passive.iter().copied().filter(|id| !self.mesh_pending.contains_key(id)).collect();
+        for _ in 0..want.min(2) {
+            if pool.is_empty() {
+                break;
+            }
+            let id = pool[self.rng.next_u32() as usize % pool.len()];
+            if !self.mesh_pending.contains_key(&id) {
+                self.say_hello(now, id);
+            }
+        }
+    }
+
+    fn have(&self) -> Have {
+        let Some(&latest) = self.buffer.keys().next_back() else { return Have::default() };
+        let mut recent = 0u64;
+        for (&seq, _) in self.buffer.range(latest.saturating_sub(HAVE_WINDOW)..latest) {
+            let i = latest - 1 - seq;
+            if i < 64 {
+                recent |= 1 << i;
+            }
+        }
+        Have { latest, recent }
+    }
+
+    fn peer_has(have: &Have, seq: u64) -> bool {
+        if seq == have.latest {
+            return have.latest > 0 || have.recent != 0;
+        }
+        seq < have.latest && have.latest - 1 - seq < 64 && have.recent & (1 << (have.latest - 1 - seq)) != 0
+    }
+
+    /// Pull what the trees did not bring: chunk `m` is late when a chunk of a full stripe
+    /// round later (`m + K` or newer) has been here for `REPAIR_GRACE` and `m` has not
+    /// come. Stripes travel different trees, so some slack between them is normal; the
+    /// grace absorbs it without waiting for the next `Have`.
+    fn repair(&mut self, now: Instant) {
+        let Some(first) = self.first_needed else { return };
+        let k = self.k() as u64;
+        let settled = self
+            .buffer
+            .iter()
+            .rev()
+            .find(|(_, h)| now.saturating_duration_since(h.arrived) >= REPAIR_GRACE)
+            .map(|(&seq, _)| seq);
+        let Some(settled) = settled else { return };
+        let newest = self.buffer.keys().next_back().copied().unwrap_or(settled);
+        let horizon = (settled + 1).saturating_sub(k);
+        let from = first.max(newest.saturating_sub(HAVE_WINDOW));
+        let pull_timeout = Duration::from_millis(400);
+        self.pulls.retain(|_, (_, at)| now.saturating_duration_since(*at) < pull_timeout);
+        let mut by_peer: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
+        let neighbours: Vec<(NodeId, Have)> = self.mesh.iter().map(|(id, m)| (*id, m.have)).collect();
+        if neighbours.is_empty() {
+            return;
+        }
+        for seq in from..horizon {
+            if self.buffer.contains_key(&seq)
+                || self.pulls.contains_key(&seq)
+                || self.pulls.len() >= MAX_PENDING_PULLS
+            {
+                continue;
+            }
+            let mut holders: Vec<NodeId> =
+                neighbours.iter().filter(|(_, h)| Node::peer_has(h, seq)).map(|(id, _)| *id).collect();
+            if holders.is_empty() {
+                // Summaries are up to half a second old: ask those well ahead of the chunk.
+                holders = neighbours.iter().filter(|(_, h)| h.latest >= seq + k).map(|(id, _)| *id).collect();
+            }
+            if holders.is_empty() {
+                continue;
+            }
+            let peer = holders[self.rng.next_u32() as usize % holders.len()];
+            let list = by_peer.entry(peer).or_default();
+            if list.len() < MAX_REQUEST {
+                list.push(seq);
+                self.pulls.insert(seq, (peer, now));
+            }
+        }
+        for (peer, seqs) in by_peer {
+            self.stats.pulls_sent += seqs.len() as u64;
+            self.send(peer, Message::Request { seqs }, Class::Stream);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Time
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        self.ticks = self.ticks.wrapping_add(1);
+        for m in self.mesh.values_mut() {
+            m.served = 0;
+        }
+        self.check_parents(now);
+        self.maintain_mesh(now);
+        self.repair(now);
+        if self.ticks % HAVE_EVERY_TICKS == 0 {
+            let have = self.have();
+            let mesh: Vec<NodeId> = self.mesh.keys().copied().collect();
+            for id in mesh {
+                self.send(id, Message::Have(have), Class::Control);
+            }
+        }
+    }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        Some(self.next_tick)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -124,9 +974,67 @@ impl Node {
     }
 
     /// Leave gracefully: tell neighbours, children and parents.
-    pub fn leave(&mut self, _now: Instant) {}
+    pub fn leave(&mut self, _now: Instant) {
+        let mut told = BTreeSet::new();
+        for id in self.mesh.keys().copied().collect::<Vec<_>>() {
+            told.insert(id);
+        }
+        for st in &self.stripes {
+            told.extend(st.children.iter().copied());
+            told.extend(st.parent.map(|p| p.id));
+        }
+        for id in told {
+            self.send(id, Message::Leave, Class::Control);
+        }
+    }
 
     pub fn stats(&self) -> NodeStats {
         self.stats.clone()
     }
+
+    /// Each stripe's parent, if any (for tests and diagnostics).
+    pub fn parents(&self) -> Vec<Option<NodeId>> {
+        self.stripes.iter().map(|s| s.parent.map(|p| p.id)).collect()
+    }
+
+    /// Children per stripe (for tests and diagnostics).
+    pub fn children(&self, stripe: usize) -> Vec<NodeId> {
+        self.stripes.get(stripe).map_or(Vec::new(), |s| s.children.iter().copied().collect())
+    }
+
+    pub fn mesh_peers(&self) -> Vec<NodeId> {
+        self.mesh.keys().copied().collect()
+    }
+
+    pub fn holds(&self, seq: u64) -> bool {
+        self.buffer.contains_key(&seq)
+    }
+
+    /// State sizes, to check that everything stays bounded.
+    pub fn state_sizes(&self) -> StateSizes {
+        StateSizes {
+            directory: self.directory.len(),
+            passive: self.passive.len(),
+            mesh: self.mesh.len(),
+            banned: self.banned.len(),
+            buffer: self.buffer.len(),
+            pulls: self.pulls.len(),
+            transmits: self.transmits.len(),
+            transmits_dropped: self.transmits_dropped,
+            children: self.stripes.iter().map(|s| s.children.len()).sum(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSizes {
+    pub directory: usize,
+    pub passive: usize,
+    pub mesh: usize,
+    pub banned: usize,
+    pub buffer: usize,
+    pub pulls: usize,
+    pub transmits: usize,
+    pub transmits_dropped: u64,
+    pub children: usize,
 }

@@ -1,0 +1,418 @@
+//! The swarm node's behaviour in small swarms, in virtual time: chunks reach everyone,
+//! parents that die are replaced before the playout deadline, forged chunks are refused,
+//! newcomers start at a keyframe, and state stays bounded under a request flood.
+//!
+//! The network here is message-level with fixed per-pair delays and no bandwidth limits;
+//! `rill sim` adds upload/download queues and scale.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use rill_swarm::chunk::{ChannelId, ChannelKey, Chunk, Ed25519Verifier};
+use rill_swarm::message::{Message, PeerInfo};
+use rill_swarm::node::{Node, NodeConfig, NodeEvent, Role};
+use rill_swarm::NodeId;
+
+const CHUNK: Duration = Duration::from_millis(50);
+const STRIPES: u8 = 4;
+const KEYFRAME_EVERY: u64 = 20;
+
+fn id(i: u32) -> NodeId {
+    let mut b = [0u8; 32];
+    let mut rng = ChaCha8Rng::seed_from_u64(i as u64 + 1000);
+    rng.fill_bytes(&mut b);
+    NodeId(b)
+}
+
+fn info(i: u32, upload_kbps: u32, relay: bool) -> PeerInfo {
+    let addr: SocketAddr = format!("10.0.{}.{}:4000", i / 250, i % 250 + 1).parse().unwrap();
+    PeerInfo { id: id(i), addr, upload_kbps, relay }
+}
+
+fn config(upload_kbps: u32) -> NodeConfig {
+    NodeConfig { stripes: STRIPES, stream_kbps: 4000, upload_kbps, mesh_size: 6, chunk_duration: CHUNK }
+}
+
+/// Nodes joined by fixed one-way delays, with a publisher cutting a chunk every 50 ms.
+struct Swarm {
+    now: Instant,
+    epoch: Instant,
+    key: ChannelKey,
+    channel: ChannelId,
+    nodes: BTreeMap<NodeId, Node>,
+    infos: BTreeMap<NodeId, PeerInfo>,
+    /// (arrival, seq) -> (from, to, message)
+    wire: BTreeMap<(Instant, u64), (NodeId, NodeId, Message)>,
+    wire_seq: u64,
+    /// Per node: (seq, arrival lag, hops, keyframe) of each chunk event.
+    got: BTreeMap<NodeId, Vec<(u64, Duration, u8, bool)>>,
+    forged_events: Vec<(NodeId, NodeId)>,
+    ingest: BTreeMap<u64, Instant>,
+    next_seq: u64,
+    next_chunk: Instant,
+    publisher: NodeId,
+    dead: BTreeSet<NodeId>,
+    joined_at: BTreeMap<NodeId, Instant>,
+}
+
+impl Swarm {
+    fn new(seed: u64) -> Swarm {
+        let now = Instant::now();
+        let key = ChannelKey::generate(&mut ChaCha8Rng::seed_from_u64(seed));
+        let channel = key.channel_id();
+        let mut s = Swarm {
+            now,
+            epoch: now,
+            key,
+            channel,
+            nodes: BTreeMap::new(),
+            infos: BTreeMap::new(),
+            wire: BTreeMap::new(),
+            wire_seq: 0,
+            got: BTreeMap::new(),
+            forged_events: Vec::new(),
+            ingest: BTreeMap::new(),
+            next_seq: 0,
+            next_chunk: now,
+            publisher: id(0),
+            dead: BTreeSet::new(),
+            joined_at: BTreeMap::new(),
+        };
+        let p = info(0, 20_000, false);
+        s.add(p, Role::Publisher, 20_000, Vec::new());
+        s
+    }
+
+    fn add(&mut self, me: PeerInfo, role: Role, upload: u32, bootstrap: Vec<PeerInfo>) {
+        let node = Node::new(
+            config(upload),
+            me,
+            role,
+            self.channel,
+            bootstrap,
+            self.now,
+            u64::from_be_bytes(me.id.0[..8].try_into().unwrap()),
+            Box::new(Ed25519Verifier),
+        );
+        self.nodes.insert(me.id, node);
+        self.infos.insert(me.id, me);
+        self.joined_at.insert(me.id, self.now);
+        self.got.entry(me.id).or_default();
+        self.drain(me.id);
+    }
+
+    fn add_viewer(&mut self, i: u32, upload: u32) {
+        let p = self.infos[&self.publisher];
+        self.add(info(i, upload, false), Role::Viewer, upload, vec![p]);
+    }
+
+    /// One-way delay between two nodes: 10–40 ms, fixed per pair.
+    fn delay(a: &NodeId, b: &NodeId) -> Duration {
+        let (x, y) = if a < b { (a, b) } else { (b, a) };
+        let h = x.0[0] as u64 * 131 + y.0[1] as u64 * 7 + x.0[2] as u64 + y.0[3] as u64;
+        Duration::from_millis(10 + h % 31)
+    }
+
+    fn drain(&mut self, from: NodeId) {
+        let Some(node) = self.nodes.get_mut(&from) else { return };
+        let mut out = Vec::new();
+        while let Some(t) = node.poll_transmit() {
+            out.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = node.poll_event() {
+            events.push(e);
+        }
+        for t in out {
+            self.wire_seq += 1;
+            let at = self.now + Swarm::delay(&from, &t.to.id);
+            self.wire.insert((at, self.wire_seq), (from, t.to.id, t.message));
+        }
+        for e in events {
+            match e {
+                NodeEvent::Chunk { seq, hops, keyframe, .. } => {
+                    let lag = self.now.saturating_duration_since(self.ingest[&seq]);
+                    self.got.entry(from).or_default().push((seq, lag, hops, keyframe));
+                }
+                NodeEvent::ForgedChunk { from: bad } => self.forged_events.push((from, bad)),
+            }
+        }
+    }
+
+    /// Inject a message as if `from` sent it now (arrives after the pair's delay).
+    fn inject(&mut self, from: NodeId, to: NodeId, message: Message) {
+        self.wire_seq += 1;
+        let at = self.now + Swarm::delay(&from, &to);
+        self.wire.insert((at, self.wire_seq), (from, to, message));
+    }
+
+    fn chunk(&self, seq: u64) -> Chunk {
+        let ingest_us = (self.now - self.epoch).as_micros() as u64;
+        let payload = Bytes::from(vec![(seq % 251) as u8; 2000]);
+        Chunk::sign(&self.key, seq, ingest_us, seq % KEYFRAME_EVERY == 0, STRIPES, payload).unwrap()
+    }
+
+    fn run_until(&mut self, end: Instant) {
+        loop {
+            let next_wire = self.wire.keys().next().map(|k| k.0);
+            let next_timer = self.nodes.values().filter_map(Node::poll_timeout).min();
+            let next = [next_wire, next_timer, Some(self.next_chunk)].into_iter().flatten().min().unwrap();
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            if self.next_chunk <= self.now {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.ingest.insert(seq, self.now);
+                let c = self.chunk(seq);
+                let p = self.publisher;
+                if let Some(n) = self.nodes.get_mut(&p) {
+                    n.publish(self.now, c);
+                }
+                self.drain(p);
+                self.next_chunk += CHUNK;
+            }
+            while let Some(e) = self.wire.first_entry() {
+                if e.key().0 > self.now {
+                    break;
+                }
+                let (from, to, msg) = e.remove();
+                if self.dead.contains(&to) {
+                    continue;
+                }
+                if let Some(n) = self.nodes.get_mut(&to) {
+                    n.handle_message(self.now, from, msg);
+                    self.drain(to);
+                }
+            }
+            let due: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.poll_timeout().is_some_and(|t| t <= self.now))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.handle_timeout(self.now);
+                }
+                self.drain(id);
+            }
+        }
+        self.now = end;
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end);
+    }
+
+    /// A node vanishes without a word (crash).
+    fn kill(&mut self, node: NodeId) {
+        self.nodes.remove(&node);
+        self.dead.insert(node);
+    }
+
+    /// Chunks published in [from, to) that `node` never got.
+    fn missing(&self, node: &NodeId, seqs: std::ops::Range<u64>) -> Vec<u64> {
+        let have: BTreeSet<u64> = self.got[node].iter().map(|g| g.0).collect();
+        seqs.filter(|s| !have.contains(s)).collect()
+    }
+
+    fn lags(&self, node: &NodeId, seqs: std::ops::Range<u64>) -> Vec<Duration> {
+        self.got[node].iter().filter(|g| seqs.contains(&g.0)).map(|g| g.1).collect()
+    }
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn every_viewer_gets_every_chunk_quickly_over_shallow_trees() {
+    let mut s = Swarm::new(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for i in 1..=60 {
+        s.add_viewer(i, 2000 + (rng.next_u32() % 10_000));
+        s.run_for(Duration::from_millis(30));
+    }
+    s.run_for(Duration::from_secs(6));
+    // The last 5 s, up to one playout deadline (1 s) before the end.
+    let first = s.next_seq - 100;
+    let last = s.next_seq - 20;
+    let mut all = Vec::new();
+    let mut max_hops = 0;
+    for i in 1..=60 {
+        let n = id(i);
+        let miss = s.missing(&n, first..last);
+        if !miss.is_empty() {
+            let st = s.nodes[&n].stats();
+            eprintln!(
+                "viewer {i} missing {miss:?} of {first}..{last} next {} stats {st:?} parents {:?}",
+                s.next_seq,
+                s.nodes[&n].parents()
+            );
+        }
+        assert_eq!(miss, Vec::<u64>::new(), "viewer {i}");
+        all.extend(s.lags(&n, first..last));
+        max_hops = max_hops.max(s.got[&n].iter().filter(|g| g.0 >= first).map(|g| g.2).max().unwrap());
+    }
+    let mut hist = BTreeMap::new();
+    for i in 1..=60 {
+        for g in s.got[&id(i)].iter().filter(|g| g.0 >= first) {
+            *hist.entry(g.2).or_insert(0) += 1;
+        }
+    }
+    eprintln!("hops {hist:?} pulls {}", (1..=60).map(|i| s.nodes[&id(i)].stats().pulls_sent).sum::<u64>());
+    let p99 = percentile(all.clone(), 0.99);
+    eprintln!("p50 {:?} p99 {:?} max hops {max_hops}", percentile(all, 0.5), p99);
+    // 60 viewers with 2–12 Mbit/s: a few hops of 10–40 ms each.
+    assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
+    // Interior nodes push leaves down, so 60 nodes sit within four hops of the publisher.
+    assert!(max_hops <= 4, "max hops {max_hops}");
+    for i in 1..=60 {
+        let parents = s.nodes[&id(i)].parents();
+        assert!(parents.iter().all(Option::is_some), "viewer {i} has a parent in every stripe");
+    }
+}
+
+#[test]
+fn a_dead_parent_is_replaced_before_the_playout_deadline() {
+    // Uploads of 2× the stream: at 1.5× (75 % of it for the trees) a 40-node swarm has no
+    // spare tree slot for the orphans, and they live on mesh pulls alone.
+    let mut s = Swarm::new(2);
+    for i in 1..=40 {
+        s.add_viewer(i, 8000);
+        s.run_for(Duration::from_millis(20));
+    }
+    s.run_for(Duration::from_secs(3));
+    // The interior node with the most children in any stripe dies.
+    let (victim, stripe) = (1..=40)
+        .flat_map(|i| (0..STRIPES as usize).map(move |st| (i, st)))
+        .max_by_key(|&(i, st)| s.nodes[&id(i)].children(st).len())
+        .unwrap();
+    let orphans = s.nodes[&id(victim)].children(stripe);
+    assert!(!orphans.is_empty());
+    let killed_at_seq = s.next_seq;
+    s.kill(id(victim));
+    s.run_for(Duration::from_secs(3));
+    // Every orphan has a new live parent, and got every chunk after the death within the
+    // playout deadline (1 s) — the mesh filled the gap while the tree healed.
+    let end = s.next_seq - 20;
+    for o in &orphans {
+        let parent = s.nodes[o].parents()[stripe].expect("re-parented");
+        assert_ne!(parent, id(victim));
+        assert!(!s.dead.contains(&parent));
+        assert_eq!(s.missing(o, killed_at_seq..end), Vec::<u64>::new());
+        let worst = s.lags(o, killed_at_seq..end).into_iter().max().unwrap();
+        assert!(worst < Duration::from_millis(1000), "orphan lag {worst:?}");
+        assert!(s.nodes[o].stats().reparents >= 1);
+    }
+}
+
+#[test]
+fn a_forged_chunk_is_refused_and_its_sender_banned() {
+    let mut s = Swarm::new(3);
+    for i in 1..=10 {
+        s.add_viewer(i, 6000);
+    }
+    s.run_for(Duration::from_secs(2));
+    let (target, liar) = (id(1), id(2));
+    // A chunk from the future, signed by another key.
+    let other = ChannelKey::generate(&mut ChaCha8Rng::seed_from_u64(77));
+    let seq = s.next_seq + 5;
+    let forged = Chunk::sign(&other, seq, 0, false, STRIPES, Bytes::from_static(b"evil")).unwrap();
+    s.inject(liar, target, Message::Chunk { hops: 1, chunk: forged });
+    // And a genuine chunk with its payload altered after signing.
+    let mut altered = s.chunk(seq + 1);
+    altered.payload = Bytes::from_static(b"altered");
+    s.inject(id(3), target, Message::Chunk { hops: 1, chunk: altered });
+    s.run_for(Duration::from_millis(100));
+    let mut forged = s.forged_events.clone();
+    forged.sort();
+    let mut expected = vec![(target, liar), (target, id(3))];
+    expected.sort();
+    assert_eq!(forged, expected);
+    assert_eq!(s.nodes[&target].stats().forged_chunks, 2);
+    // Published 250 ms from when it was forged: not yet, so only the forgery could be held.
+    assert!(!s.nodes[&target].holds(seq));
+    // The liar is never taken back: even a genuine chunk from it is ignored.
+    let future = s.next_seq + 50;
+    let genuine = s.chunk(future);
+    s.inject(liar, target, Message::Chunk { hops: 1, chunk: genuine });
+    s.run_for(Duration::from_millis(100));
+    assert!(!s.nodes[&target].holds(future));
+    assert!(!s.nodes[&target].mesh_peers().contains(&liar));
+    assert!(s.nodes[&target].parents().iter().all(|p| *p != Some(liar)));
+}
+
+#[test]
+fn a_newcomer_starts_at_a_keyframe_at_once() {
+    let mut s = Swarm::new(4);
+    for i in 1..=30 {
+        s.add_viewer(i, 6000);
+    }
+    s.run_for(Duration::from_secs(3));
+    // Join in the middle of a keyframe group.
+    while s.next_seq % KEYFRAME_EVERY != KEYFRAME_EVERY / 2 {
+        s.run_for(Duration::from_millis(10));
+    }
+    let joined = s.now;
+    s.add_viewer(100, 6000);
+    s.run_for(Duration::from_secs(2));
+    let got = &s.got[&id(100)];
+    let first_keyframe = got.iter().find(|g| g.3).expect("a keyframe arrived");
+    let kf_seq = first_keyframe.0;
+    // The group it starts in is the current one (not a future keyframe a second later).
+    assert!(
+        kf_seq + KEYFRAME_EVERY
+            > s.ingest.iter().filter(|(_, t)| **t <= joined).map(|(q, _)| *q).max().unwrap()
+    );
+    // Every chunk from that keyframe on arrived.
+    assert_eq!(s.missing(&id(100), kf_seq..s.next_seq - 20), Vec::<u64>::new());
+    // Startup: the keyframe group was in hand within a few round trips of joining.
+    let startup = got.iter().filter(|g| g.0 >= kf_seq && g.0 < kf_seq + KEYFRAME_EVERY / 2).count();
+    assert!(startup > 0);
+}
+
+#[test]
+fn a_request_flood_leaves_state_bounded() {
+    let mut s = Swarm::new(5);
+    for i in 1..=8 {
+        s.add_viewer(i, 6000);
+    }
+    s.run_for(Duration::from_secs(2));
+    let target = id(1);
+    let flooder = s.nodes[&target].mesh_peers().into_iter().find(|p| *p != s.publisher).expect("a mesh peer");
+    let held: Vec<u64> = (0..s.next_seq).filter(|q| s.nodes[&target].holds(*q)).collect();
+    for round in 0..2000 {
+        let seqs: Vec<u64> = (0..32).map(|i| held[(round * 32 + i) % held.len()]).collect();
+        let now = s.now;
+        s.nodes.get_mut(&target).unwrap().handle_message(now, flooder, Message::Request { seqs });
+        if round % 100 == 0 {
+            let sizes = s.nodes[&target].state_sizes();
+            assert!(sizes.transmits <= rill_swarm::node::MAX_TRANSMITS);
+        }
+    }
+    let served = s.nodes[&target].stats().pulls_served;
+    // At most 16 chunks per peer per 100 ms tick, however many are asked for.
+    assert!(served <= 16 * 2, "served {served} in one tick");
+    let sizes = s.nodes[&target].state_sizes();
+    assert!(sizes.pulls <= rill_swarm::node::MAX_PENDING_PULLS);
+    assert!(sizes.passive <= rill_swarm::node::MAX_PASSIVE);
+    assert!(sizes.directory <= rill_swarm::node::MAX_DIRECTORY);
+    // Floods of peer lists from a stranger do not grow the views past their bounds.
+    for r in 0..200u32 {
+        let peers: Vec<PeerInfo> = (0..16).map(|i| info(10_000 + r * 16 + i, 5000, false)).collect();
+        let now = s.now;
+        s.nodes.get_mut(&target).unwrap().handle_message(now, id(9999), Message::Peers { peers });
+    }
+    let sizes = s.nodes[&target].state_sizes();
+    assert!(sizes.passive <= rill_swarm::node::MAX_PASSIVE);
+    assert!(sizes.directory <= rill_swarm::node::MAX_DIRECTORY);
+}
