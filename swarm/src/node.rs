@@ -83,7 +83,13 @@ pub struct Transmit {
     pub message: Message,
     /// The transport class to send it in.
     pub class: Class,
+    /// Abandon the message if it has not left by then (a chunk stuck in a queue behind
+    /// others is worth nothing once it is this old: the transport drops it instead).
+    pub deadline: Option<Instant>,
 }
+
+/// How long a chunk may wait in our upload queue before the transport abandons it.
+pub const CHUNK_SEND_DEADLINE: Duration = Duration::from_millis(1000);
 
 /// Counters (names follow shared/METRICS.md where one applies).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,6 +103,9 @@ pub struct NodeStats {
     pub reparents: u64,
     pub pulls_sent: u64,
     pub pulls_served: u64,
+    /// New chunks that came from the stripe's tree parent (the rest came by pulls or
+    /// from a former parent).
+    pub chunks_from_parent: u64,
 }
 
 /// Verifies chunk signatures. The default verifies every chunk with Ed25519; a simulator
@@ -108,8 +117,6 @@ pub trait Verify: std::fmt::Debug {
 /// Share of the upload the push trees may fill; the rest absorbs repair pulls, control
 /// traffic and bursts (a full uplink queues, and queueing is lag at every hop below).
 pub const TREE_UPLOAD_SHARE: f64 = 0.75;
-/// How long a newer chunk must have been here before an older missing one is pulled.
-const REPAIR_GRACE: Duration = Duration::from_millis(150);
 /// Housekeeping period: parent checks, repairs, mesh upkeep.
 pub const TICK: Duration = Duration::from_millis(100);
 /// `Have` summaries go to mesh neighbours every this many ticks.
@@ -199,6 +206,8 @@ pub struct Node {
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
     transmits_dropped: u64,
+    /// Chunk bytes served to pulls in the current tick.
+    served_bytes_tick: u64,
 }
 
 impl Node {
@@ -241,6 +250,7 @@ impl Node {
             events: VecDeque::new(),
             stats: NodeStats::default(),
             transmits_dropped: 0,
+            served_bytes_tick: 0,
         };
         let me = node.me.id;
         for peer in bootstrap.into_iter().filter(|p| p.id != me) {
@@ -318,12 +328,20 @@ impl Node {
     }
 
     fn send(&mut self, to: NodeId, message: Message, class: Class) {
+        self.send_with_deadline(to, message, class, None);
+    }
+
+    fn send_chunk(&mut self, now: Instant, to: NodeId, message: Message) {
+        self.send_with_deadline(to, message, Class::Stream, Some(now + CHUNK_SEND_DEADLINE));
+    }
+
+    fn send_with_deadline(&mut self, to: NodeId, message: Message, class: Class, deadline: Option<Instant>) {
         if self.transmits.len() >= MAX_TRANSMITS {
             self.transmits_dropped += 1;
             return;
         }
         let to = self.info_of(to);
-        self.transmits.push_back(Transmit { to, message, class });
+        self.transmits.push_back(Transmit { to, message, class, deadline });
     }
 
     fn learn(&mut self, info: PeerInfo) {
@@ -373,7 +391,7 @@ impl Node {
     // Inputs
 
     /// Publisher: a new chunk, already signed.
-    pub fn publish(&mut self, _now: Instant, chunk: Chunk) {
+    pub fn publish(&mut self, now: Instant, chunk: Chunk) {
         if self.role != Role::Publisher {
             return;
         }
@@ -382,15 +400,13 @@ impl Node {
             self.latest_keyframe = Some(seq);
         }
         self.first_needed.get_or_insert(seq);
-        let children: Vec<NodeId> =
-            self.stripes.get(stripe).map_or(Vec::new(), |s| s.children.iter().copied().collect());
-        for c in children {
-            self.send(c, Message::Chunk { hops: 1, chunk: chunk.clone() }, Class::Stream);
+        for c in self.forwarding_order(stripe) {
+            self.send_chunk(now, c, Message::Chunk { hops: 1, chunk: chunk.clone() });
         }
         if let Some(st) = self.stripes.get_mut(stripe) {
             st.latest = Some(st.latest.map_or(seq, |l| l.max(seq)));
         }
-        self.store(chunk, 0, _now);
+        self.store(chunk, 0, now);
     }
 
     pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
@@ -416,7 +432,7 @@ impl Node {
                     m.have = have;
                 }
             }
-            Message::Request { seqs } => self.on_request(from, seqs),
+            Message::Request { seqs } => self.on_request(now, from, seqs),
             Message::Chunk { hops, chunk } => self.on_chunk(now, from, hops, chunk),
             Message::Leave => self.forget(now, from),
         }
@@ -523,7 +539,7 @@ impl Node {
         self.send(from, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
     }
 
-    fn adopt(&mut self, _now: Instant, child: NodeId, stripe: usize) {
+    fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize) {
         self.stripes[stripe].children.insert(child);
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
         // Fast join: this stripe's chunks from the latest keyframe on, oldest first.
@@ -535,13 +551,31 @@ impl Node {
                 .map(|(_, h)| h.clone())
                 .collect();
             for h in chunks {
-                self.send(
+                self.send_chunk(
+                    now,
                     child,
                     Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk },
-                    Class::Stream,
                 );
             }
         }
+    }
+
+    /// Children of `stripe` in the order a chunk goes to them: those that forward it
+    /// further first, strongest upload first, then leaves. The uplink sends copies one
+    /// after another, so the order decides who waits; a leaf waiting delays only itself,
+    /// an interior child waiting delays its whole subtree.
+    fn forwarding_order(&self, stripe: usize) -> Vec<NodeId> {
+        let Some(st) = self.stripes.get(stripe) else { return Vec::new() };
+        let mut order: Vec<(bool, std::cmp::Reverse<u32>, NodeId)> = st
+            .children
+            .iter()
+            .map(|c| {
+                let info = self.info_of(*c);
+                (!self.is_interior_peer(&info, stripe), std::cmp::Reverse(info.upload_kbps), *c)
+            })
+            .collect();
+        order.sort();
+        order.into_iter().map(|(_, _, c)| c).collect()
     }
 
     /// Where to send a subscriber we cannot take: our interior children in the stripe
@@ -636,7 +670,13 @@ impl Node {
         }
     }
 
-    fn on_request(&mut self, from: NodeId, seqs: Vec<u64>) {
+    /// Upload bytes per tick left for serving pulls: what the trees do not use.
+    fn serve_budget_per_tick(&self) -> u64 {
+        let spare_bps = self.config.upload_kbps as f64 * 1000.0 * (1.0 - TREE_UPLOAD_SHARE);
+        (spare_bps / 8.0 * TICK.as_secs_f64()) as u64
+    }
+
+    fn on_request(&mut self, now: Instant, from: NodeId, seqs: Vec<u64>) {
         let Some(peer) = self.mesh.get_mut(&from) else {
             // Pulls are a mesh service; strangers and children use the tree.
             return;
@@ -644,13 +684,17 @@ impl Node {
         let budget = MAX_SERVED_PER_PEER_PER_TICK.saturating_sub(peer.served);
         let mut served = 0u32;
         for seq in seqs.into_iter().take(MAX_REQUEST) {
-            if served >= budget {
+            // Within our spare upload; at least one chunk per tick, so a weak node still helps.
+            if served >= budget
+                || (self.served_bytes_tick > 0 && self.served_bytes_tick >= self.serve_budget_per_tick())
+            {
                 break;
             }
             if let Some(h) = self.buffer.get(&seq) {
                 let msg = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
                 served += 1;
-                self.send(from, msg, Class::Stream);
+                self.served_bytes_tick += h.chunk.payload.len() as u64;
+                self.send_chunk(now, from, msg);
             }
         }
         if let Some(peer) = self.mesh.get_mut(&from) {
@@ -680,6 +724,9 @@ impl Node {
             return;
         }
         self.stats.chunks_received += 1;
+        if self.stripes[stripe].parent.is_some_and(|p| p.id == from) {
+            self.stats.chunks_from_parent += 1;
+        }
         self.stats.useful_payload_bytes += len;
         self.pulls.remove(&chunk.seq);
         if self.first_needed.is_none() {
@@ -698,13 +745,12 @@ impl Node {
             hops,
             from,
         });
-        let children: Vec<NodeId> = self.stripes[stripe].children.iter().copied().collect();
-        for c in children {
+        for c in self.forwarding_order(stripe) {
             if c != from {
-                self.send(
+                self.send_chunk(
+                    now,
                     c,
                     Message::Chunk { hops: hops.saturating_add(1), chunk: chunk.clone() },
-                    Class::Stream,
                 );
             }
         }
@@ -812,7 +858,7 @@ impl Node {
     /// A parent is dead or too slow when nothing came from it in its stripe for this long
     /// while later chunks of other stripes arrived: about three of its chunk intervals.
     fn parent_timeout(&self) -> Duration {
-        (self.config.chunk_duration * self.k() as u32 * 3).max(Duration::from_millis(300))
+        (self.config.chunk_duration * self.k() as u32 * 4).max(Duration::from_millis(600))
     }
 
     fn check_parents(&mut self, now: Instant) {
@@ -828,7 +874,7 @@ impl Node {
                 let quiet_since = parent.last_chunk.unwrap_or(parent.since);
                 // The stream is flowing (others delivered newer chunks) but not this stripe.
                 let stripe_behind = match (newest, self.stripes[s].latest) {
-                    (Some(n), Some(l)) => n >= l + 2 * self.k() as u64,
+                    (Some(n), Some(l)) => n >= l + 3 * self.k() as u64,
                     (Some(_), None) => true,
                     _ => false,
                 };
@@ -884,43 +930,48 @@ impl Node {
         seq < have.latest && have.latest - 1 - seq < 64 && have.recent & (1 << (have.latest - 1 - seq)) != 0
     }
 
-    /// Pull what the trees did not bring: chunk `m` is late when a chunk of a full stripe
-    /// round later (`m + K` or newer) has been here for `REPAIR_GRACE` and `m` has not
-    /// come. Stripes travel different trees, so some slack between them is normal; the
-    /// grace absorbs it without waiting for the next `Have`.
+    /// Pull what the trees did not bring, when it is late on the tree's own cadence: a
+    /// stripe delivers one chunk every `K × chunk_duration`, so chunk `m` is expected about
+    /// one stripe period after chunk `m - K` arrived. Comparing a stripe with itself, not
+    /// with other stripes, matters: stripes travel different trees whose depths differ by
+    /// hundreds of milliseconds under load, and pulling on that difference only buys
+    /// duplicates (and the congestion they cause).
     fn repair(&mut self, now: Instant) {
         let Some(first) = self.first_needed else { return };
+        let Some(&newest_held) = self.buffer.keys().next_back() else { return };
         let k = self.k() as u64;
-        let settled = self
-            .buffer
-            .iter()
-            .rev()
-            .find(|(_, h)| now.saturating_duration_since(h.arrived) >= REPAIR_GRACE)
-            .map(|(&seq, _)| seq);
-        let Some(settled) = settled else { return };
-        let newest = self.buffer.keys().next_back().copied().unwrap_or(settled);
-        let horizon = (settled + 1).saturating_sub(k);
-        let from = first.max(newest.saturating_sub(HAVE_WINDOW));
+        let period = self.config.chunk_duration * k as u32;
+        let slack = period / 2 + Duration::from_millis(50);
         let pull_timeout = Duration::from_millis(400);
         self.pulls.retain(|_, (_, at)| now.saturating_duration_since(*at) < pull_timeout);
-        let mut by_peer: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
         let neighbours: Vec<(NodeId, Have)> = self.mesh.iter().map(|(id, m)| (*id, m.have)).collect();
         if neighbours.is_empty() {
             return;
         }
-        for seq in from..horizon {
-            if self.buffer.contains_key(&seq)
-                || self.pulls.contains_key(&seq)
-                || self.pulls.len() >= MAX_PENDING_PULLS
-            {
+        // Neighbours may know of newer chunks than we hold (all our parents may be gone).
+        let newest = neighbours.iter().map(|(_, h)| h.latest).max().unwrap_or(0).max(newest_held);
+        let from = first.max(newest.saturating_sub(HAVE_WINDOW));
+        let mut by_peer: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
+        for seq in from..=newest {
+            if self.buffer.contains_key(&seq) || self.pulls.contains_key(&seq) {
                 continue;
             }
-            let mut holders: Vec<NodeId> =
-                neighbours.iter().filter(|(_, h)| Node::peer_has(h, seq)).map(|(id, _)| *id).collect();
-            if holders.is_empty() {
-                // Summaries are up to half a second old: ask those well ahead of the chunk.
-                holders = neighbours.iter().filter(|(_, h)| h.latest >= seq + k).map(|(id, _)| *id).collect();
+            if self.pulls.len() >= MAX_PENDING_PULLS {
+                break;
             }
+            let due = match seq.checked_sub(k).and_then(|prev| self.buffer.get(&prev)) {
+                Some(prev) => prev.arrived + period + slack,
+                // The stripe's previous chunk is missing too: late by the same measure.
+                None => match self.buffer.range(seq + 1..).next() {
+                    Some((_, later)) => later.arrived + slack,
+                    None => now,
+                },
+            };
+            if now < due {
+                continue;
+            }
+            let holders: Vec<NodeId> =
+                neighbours.iter().filter(|(_, h)| Node::peer_has(h, seq)).map(|(id, _)| *id).collect();
             if holders.is_empty() {
                 continue;
             }
@@ -949,6 +1000,7 @@ impl Node {
         for m in self.mesh.values_mut() {
             m.served = 0;
         }
+        self.served_bytes_tick = 0;
         self.check_parents(now);
         self.maintain_mesh(now);
         self.repair(now);
