@@ -148,6 +148,9 @@ struct Parent {
     id: NodeId,
     since: Instant,
     last_chunk: Option<Instant>,
+    /// Newest sequence number the parent has delivered to us (or, before its first chunk,
+    /// the newest we held when it took us): pulls must not hide a silent parent.
+    mark: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -618,7 +621,9 @@ impl Node {
                 }
             }
             let st = &mut self.stripes[stripe];
-            st.parent = Some(Parent { id: from, since: now, last_chunk: None });
+            let mark = self.buffer.keys().next_back().copied();
+            let st = &mut self.stripes[stripe];
+            st.parent = Some(Parent { id: from, since: now, last_chunk: None, mark });
             st.candidates.clear();
             st.tried.clear();
         } else if self.stripes[stripe].parent.is_none_or(|p| p.id != from) {
@@ -711,6 +716,7 @@ impl Node {
         }
         if let Some(p) = self.stripes[stripe].parent.as_mut().filter(|p| p.id == from) {
             p.last_chunk = Some(now);
+            p.mark = Some(p.mark.map_or(chunk.seq, |m| m.max(chunk.seq)));
         }
         let len = chunk.payload.len() as u64;
         if self.buffer.contains_key(&chunk.seq) || self.first_needed.is_some_and(|f| chunk.seq < f) {
@@ -872,9 +878,10 @@ impl Node {
             }
             if let Some(parent) = self.stripes[s].parent {
                 let quiet_since = parent.last_chunk.unwrap_or(parent.since);
-                // The stream is flowing (others delivered newer chunks) but not this stripe.
-                let stripe_behind = match (newest, self.stripes[s].latest) {
-                    (Some(n), Some(l)) => n >= l + 3 * self.k() as u64,
+                // The stream is flowing (newer chunks keep arriving, by tree or by pull) but
+                // not from this parent.
+                let stripe_behind = match (newest, parent.mark) {
+                    (Some(n), Some(m)) => n >= m + 3 * self.k() as u64,
                     (Some(_), None) => true,
                     _ => false,
                 };
