@@ -620,7 +620,6 @@ impl Node {
                     self.send(old.id, Message::Unsubscribe { stripe: stripe as u8 }, Class::Control);
                 }
             }
-            let st = &mut self.stripes[stripe];
             let mark = self.buffer.keys().next_back().copied();
             let st = &mut self.stripes[stripe];
             st.parent = Some(Parent { id: from, since: now, last_chunk: None, mark });
