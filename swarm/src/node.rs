@@ -106,6 +106,9 @@ pub struct NodeStats {
     /// New chunks that came from the stripe's tree parent (the rest came by pulls or
     /// from a former parent).
     pub chunks_from_parent: u64,
+    /// Milliseconds spent without a tree parent, summed over stripes (a viewer lacking a
+    /// parent lives on pulls for that stripe).
+    pub orphan_ms: u64,
 }
 
 /// Verifies chunk signatures. The default verifies every chunk with Ed25519; a simulator
@@ -116,7 +119,7 @@ pub trait Verify: std::fmt::Debug {
 
 /// Share of the upload the push trees may fill; the rest absorbs repair pulls, control
 /// traffic and bursts (a full uplink queues, and queueing is lag at every hop below).
-pub const TREE_UPLOAD_SHARE: f64 = 0.75;
+pub const TREE_UPLOAD_SHARE: f64 = 0.7;
 /// Housekeeping period: parent checks, repairs, mesh upkeep.
 pub const TICK: Duration = Duration::from_millis(100);
 /// `Have` summaries go to mesh neighbours every this many ticks.
@@ -309,13 +312,31 @@ impl Node {
         if !self.interior_in(stripe) {
             return 0;
         }
-        let stripe_kbps = (self.config.stream_kbps as f64 / self.k() as f64).max(1.0);
-        let slots = (self.config.upload_kbps as f64 * TREE_UPLOAD_SHARE / stripe_kbps).floor() as usize;
+        let slots = self.tree_slots();
         let per_stripe = match self.role {
             Role::Viewer => slots,
             Role::Publisher | Role::Relay => slots / self.k(),
         };
         per_stripe.clamp(if self.role == Role::Publisher { 1 } else { 0 }, MAX_CHILDREN_PER_STRIPE)
+    }
+
+    /// Stripe copies our upload carries at [`TREE_UPLOAD_SHARE`].
+    fn tree_slots(&self) -> usize {
+        let stripe_kbps = (self.config.stream_kbps as f64 / self.k() as f64).max(1.0);
+        (self.config.upload_kbps as f64 * TREE_UPLOAD_SHARE / stripe_kbps).floor() as usize
+    }
+
+    /// A viewer whose home stripe leaves slots unused lends them to *leaves* of other
+    /// stripes (SplitStream's spare capacity group, Castro et al. §4.2): random home
+    /// stripes and uploads leave some trees short of slots, and a leaf without a parent
+    /// lives on pulls. Only leaves, because a leaf has no subtree, so no cycle can form
+    /// through a node that is itself a leaf in that stripe. One slot stays free for the
+    /// home stripe.
+    fn lends_to(&self, stripe: usize, newcomer: &PeerInfo) -> bool {
+        self.role == Role::Viewer
+            && !self.interior_in(stripe)
+            && !self.is_interior_peer(newcomer, stripe)
+            && self.stripes.iter().map(|s| s.children.len()).sum::<usize>() + 1 < self.tree_slots()
     }
 
     // -----------------------------------------------------------------------------------
@@ -502,7 +523,7 @@ impl Node {
             return;
         }
         let cap = self.child_capacity(stripe);
-        if self.stripes[stripe].children.len() < cap {
+        if self.stripes[stripe].children.len() < cap || self.lends_to(stripe, &self.info_of(from)) {
             self.adopt(now, from, stripe);
             return;
         }
@@ -545,12 +566,15 @@ impl Node {
     fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize) {
         self.stripes[stripe].children.insert(child);
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
-        // Fast join: this stripe's chunks from the latest keyframe on, oldest first.
+        // Fast join: the latest keyframe chunk itself (whatever its stripe: a newcomer
+        // can start decoding as soon as any one parent accepts it), then this stripe's
+        // chunks after it, oldest first. A child that already holds the keyframe (one
+        // re-parenting) gets one duplicate chunk per adoption.
         if let Some(kf) = self.latest_keyframe {
             let chunks: Vec<Held> = self
                 .buffer
                 .range(kf..)
-                .filter(|(_, h)| h.chunk.stripe as usize == stripe)
+                .filter(|(&seq, h)| seq == kf || h.chunk.stripe as usize == stripe)
                 .map(|(_, h)| h.clone())
                 .collect();
             for h in chunks {
@@ -698,7 +722,8 @@ impl Node {
                 let msg = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
                 served += 1;
                 self.served_bytes_tick += h.chunk.payload.len() as u64;
-                self.send_chunk(now, from, msg);
+                // Below the trees' traffic: a repair must never delay the push it repairs.
+                self.send_with_deadline(from, msg, Class::Background, Some(now + CHUNK_SEND_DEADLINE));
             }
         }
         if let Some(peer) = self.mesh.get_mut(&from) {
@@ -840,9 +865,10 @@ impl Node {
                     .keys()
                     .chain(self.passive.iter())
                     .filter_map(|id| self.directory.get(id).copied())
-                    .filter(|i| self.is_interior_peer(i, stripe) && !i.relay)
+                    .filter(|i| !i.relay)
                     .collect();
-                known.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
+                // Interior peers first, then anyone (a viewer may lend spare slots).
+                known.sort_by_key(|i| (!self.is_interior_peer(i, stripe), std::cmp::Reverse(i.upload_kbps)));
                 pool.extend(known.into_iter().map(|i| i.id));
             }
             let st = &mut self.stripes[stripe];
@@ -947,7 +973,7 @@ impl Node {
         let Some(&newest_held) = self.buffer.keys().next_back() else { return };
         let k = self.k() as u64;
         let period = self.config.chunk_duration * k as u32;
-        let slack = period / 2 + Duration::from_millis(50);
+        let slack = period + Duration::from_millis(100);
         let pull_timeout = Duration::from_millis(400);
         self.pulls.retain(|_, (_, at)| now.saturating_duration_since(*at) < pull_timeout);
         let neighbours: Vec<(NodeId, Have)> = self.mesh.iter().map(|(id, m)| (*id, m.have)).collect();
@@ -1007,6 +1033,10 @@ impl Node {
             m.served = 0;
         }
         self.served_bytes_tick = 0;
+        if self.role != Role::Publisher {
+            let orphans = self.stripes.iter().filter(|s| s.parent.is_none()).count() as u64;
+            self.stats.orphan_ms += orphans * TICK.as_millis() as u64;
+        }
         self.check_parents(now);
         self.maintain_mesh(now);
         self.repair(now);

@@ -273,8 +273,9 @@ fn every_viewer_gets_every_chunk_quickly_over_shallow_trees() {
     eprintln!("p50 {:?} p99 {:?} max hops {max_hops}", percentile(all, 0.5), p99);
     // 60 viewers with 2–12 Mbit/s: a few hops of 10–40 ms each.
     assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
-    // Interior nodes push leaves down, so 60 nodes sit within four hops of the publisher.
-    assert!(max_hops <= 4, "max hops {max_hops}");
+    // Interior nodes push leaves down, so 60 nodes sit within four hops of the publisher,
+    // plus one where a leaf hangs below a viewer lending a spare slot.
+    assert!(max_hops <= 5, "max hops {max_hops}");
     for i in 1..=60 {
         let parents = s.nodes[&id(i)].parents();
         assert!(parents.iter().all(Option::is_some), "viewer {i} has a parent in every stripe");
@@ -415,4 +416,22 @@ fn a_request_flood_leaves_state_bounded() {
     let sizes = s.nodes[&target].state_sizes();
     assert!(sizes.passive <= rill_swarm::node::MAX_PASSIVE);
     assert!(sizes.directory <= rill_swarm::node::MAX_DIRECTORY);
+}
+
+#[test]
+#[ignore]
+fn zz_orphan_diag() {
+    let mut s = Swarm::new(7);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for i in 1..=300 {
+        s.add_viewer(i, 2000 + (rng.next_u32() % 10_000));
+        s.run_for(Duration::from_millis(7));
+    }
+    for t in 0..10 {
+        s.run_for(Duration::from_secs(1));
+        let orphans: usize =
+            (1..=300).map(|i| s.nodes[&id(i)].parents().iter().filter(|p| p.is_none()).count()).sum();
+        let orphan_ms: u64 = (1..=300).map(|i| s.nodes[&id(i)].stats().orphan_ms).sum();
+        eprintln!("t={t} orphans {orphans} orphan_ms {orphan_ms}");
+    }
 }
