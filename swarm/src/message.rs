@@ -4,7 +4,7 @@
 //! message = type:u8 fields
 //!   0x01 Hello        peer
 //!   0x02 Peers        count:v peer*count                       count ≤ MAX_PEERS_PER_MESSAGE
-//!   0x03 Subscribe    stripe:u8
+//!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1)
 //!   0x04 Accept       stripe:u8
 //!   0x05 Redirect     stripe:u8 count:v peer*count             count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x06 Unsubscribe  stripe:u8
@@ -58,7 +58,12 @@ pub enum Message {
     /// Peer exchange: some peers the sender knows (bounded by `MAX_PEERS_PER_MESSAGE`).
     Peers { peers: Vec<PeerInfo> },
     /// "Be my parent in this stripe."
-    Subscribe { stripe: u8 },
+    Subscribe {
+        stripe: u8,
+        /// The sender holds nothing yet: send it the latest keyframe group (fast join).
+        /// A node changing parents leaves it unset and gets only new chunks.
+        starting: bool,
+    },
     /// The receiver is now a child of the sender in `stripe`.
     Accept { stripe: u8 },
     /// The sender has no room in `stripe`: try these instead (its children with room,
@@ -126,6 +131,8 @@ pub enum MessageError {
     UploadKbps(u64),
     #[error("relay flag must be 0 or 1, got {0}")]
     RelayFlag(u8),
+    #[error("subscribe's starting flag must be 0 or 1, got {0}")]
+    StartingFlag(u8),
     /// The chunk's own fields are invalid: payload too large, stripe ≥ stripes, unknown
     /// flags. (A truncated chunk is reported as `Truncated`.)
     #[error("invalid chunk: {0}")]
@@ -148,7 +155,8 @@ impl Message {
         1 + match self {
             Message::Hello { info } => peer_len(info),
             Message::Peers { peers } => peers_len(peers),
-            Message::Subscribe { .. } | Message::Accept { .. } | Message::Unsubscribe { .. } => 1,
+            Message::Subscribe { .. } => 2,
+            Message::Accept { .. } | Message::Unsubscribe { .. } => 1,
             Message::Redirect { candidates, .. } => 1 + peers_len(candidates),
             Message::Have(have) => varint_len(have.latest) + 8,
             Message::Request { seqs } => {
@@ -176,7 +184,9 @@ impl Message {
                 out.push(TYPE_PEERS);
                 put_peers(out, peers);
             }
-            Message::Subscribe { stripe } => out.extend_from_slice(&[TYPE_SUBSCRIBE, *stripe]),
+            Message::Subscribe { stripe, starting } => {
+                out.extend_from_slice(&[TYPE_SUBSCRIBE, *stripe, u8::from(*starting)])
+            }
             Message::Accept { stripe } => out.extend_from_slice(&[TYPE_ACCEPT, *stripe]),
             Message::Redirect { stripe, candidates } => {
                 out.extend_from_slice(&[TYPE_REDIRECT, *stripe]);
@@ -222,7 +232,15 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
     let message = match read_u8(&mut r)? {
         TYPE_HELLO => Message::Hello { info: read_peer(&mut r)? },
         TYPE_PEERS => Message::Peers { peers: read_peers(&mut r)? },
-        TYPE_SUBSCRIBE => Message::Subscribe { stripe: read_u8(&mut r)? },
+        TYPE_SUBSCRIBE => {
+            let stripe = read_u8(&mut r)?;
+            let starting = match read_u8(&mut r)? {
+                0 => false,
+                1 => true,
+                other => return Err(MessageError::StartingFlag(other)),
+            };
+            Message::Subscribe { stripe, starting }
+        }
         TYPE_ACCEPT => Message::Accept { stripe: read_u8(&mut r)? },
         TYPE_REDIRECT => {
             let stripe = read_u8(&mut r)?;
@@ -376,7 +394,7 @@ mod tests {
             Message::Hello { info: peer(1) },
             Message::Peers { peers: (0..MAX_PEERS_PER_MESSAGE as u8).map(peer).collect() },
             Message::Peers { peers: vec![] },
-            Message::Subscribe { stripe: 3 },
+            Message::Subscribe { stripe: 3, starting: true },
             Message::Accept { stripe: 0 },
             Message::Redirect { stripe: 2, candidates: vec![peer(4), peer(5)] },
             Message::Unsubscribe { stripe: 255 },
@@ -418,7 +436,7 @@ mod tests {
         let request = Message::Request { seqs: vec![1, 64, 1 << 30] };
         assert_eq!(encode(&request), [TYPE_REQUEST, 3, 1, 0x40, 64, 0xc0, 0, 0, 0, 0x40, 0, 0, 0]);
         assert_eq!(encode(&Message::Leave), [TYPE_LEAVE]);
-        assert_eq!(encode(&Message::Subscribe { stripe: 9 }), [TYPE_SUBSCRIBE, 9]);
+        assert_eq!(encode(&Message::Subscribe { stripe: 9, starting: true }), [TYPE_SUBSCRIBE, 9, 1]);
 
         let c = chunk(2);
         let mut expected = vec![TYPE_CHUNK, 5];
@@ -582,7 +600,8 @@ mod tests {
         prop_oneof![
             arb_peer().prop_map(|info| Message::Hello { info }),
             peers().prop_map(|peers| Message::Peers { peers }),
-            any::<u8>().prop_map(|stripe| Message::Subscribe { stripe }),
+            (any::<u8>(), any::<bool>())
+                .prop_map(|(stripe, starting)| Message::Subscribe { stripe, starting }),
             any::<u8>().prop_map(|stripe| Message::Accept { stripe }),
             (any::<u8>(), peers()).prop_map(|(stripe, candidates)| Message::Redirect { stripe, candidates }),
             any::<u8>().prop_map(|stripe| Message::Unsubscribe { stripe }),

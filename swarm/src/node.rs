@@ -445,7 +445,9 @@ impl Node {
                     self.add_passive(p.id);
                 }
             }
-            Message::Subscribe { stripe } => self.on_subscribe(now, from, stripe as usize),
+            Message::Subscribe { stripe, starting } => {
+                self.on_subscribe(now, from, stripe as usize, starting)
+            }
             Message::Accept { stripe } => self.on_accept(now, from, stripe as usize),
             Message::Redirect { stripe, candidates } => {
                 self.on_redirect(now, from, stripe as usize, candidates)
@@ -514,7 +516,7 @@ impl Node {
         picked
     }
 
-    fn on_subscribe(&mut self, now: Instant, from: NodeId, stripe: usize) {
+    fn on_subscribe(&mut self, now: Instant, from: NodeId, stripe: usize, starting: bool) {
         if stripe >= self.k() {
             return;
         }
@@ -524,7 +526,7 @@ impl Node {
         }
         let cap = self.child_capacity(stripe);
         if self.stripes[stripe].children.len() < cap || self.lends_to(stripe, &self.info_of(from)) {
-            self.adopt(now, from, stripe);
+            self.adopt(now, from, stripe, starting);
             return;
         }
         // Full. An interior newcomer (one that will forward this stripe) takes the place
@@ -550,7 +552,7 @@ impl Node {
             };
             if let Some(victim) = take {
                 self.stripes[stripe].children.remove(&victim);
-                self.adopt(now, from, stripe);
+                self.adopt(now, from, stripe, starting);
                 let mut candidates = vec![newcomer];
                 candidates
                     .extend(self.redirect_candidates(stripe, victim).into_iter().filter(|c| c.id != from));
@@ -563,14 +565,14 @@ impl Node {
         self.send(from, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
     }
 
-    fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize) {
+    fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize, starting: bool) {
         self.stripes[stripe].children.insert(child);
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
-        // Fast join: the latest keyframe chunk itself (whatever its stripe: a newcomer
-        // can start decoding as soon as any one parent accepts it), then this stripe's
-        // chunks after it, oldest first. A child that already holds the keyframe (one
-        // re-parenting) gets one duplicate chunk per adoption.
-        if let Some(kf) = self.latest_keyframe {
+        // Fast join, for a newcomer only: the latest keyframe chunk itself (whatever its
+        // stripe: it can start decoding as soon as any one parent accepts it), then this
+        // stripe's chunks after it, oldest first. A node changing parents already has
+        // them; sending them again would only be duplicates in a busy uplink.
+        if let Some(kf) = self.latest_keyframe.filter(|_| starting) {
             let chunks: Vec<Held> = self
                 .buffer
                 .range(kf..)
@@ -877,7 +879,9 @@ impl Node {
         });
         if let Some(c) = next {
             self.stripes[stripe].pending = Some((c, now));
-            self.send(c, Message::Subscribe { stripe: stripe as u8 }, Class::Control);
+            // Nothing of this stripe yet: ask for it from the keyframe on.
+            let starting = self.stripes[stripe].latest.is_none();
+            self.send(c, Message::Subscribe { stripe: stripe as u8, starting }, Class::Control);
         }
     }
 
@@ -1088,6 +1092,22 @@ impl Node {
     /// Children per stripe (for tests and diagnostics).
     pub fn children(&self, stripe: usize) -> Vec<NodeId> {
         self.stripes.get(stripe).map_or(Vec::new(), |s| s.children.iter().copied().collect())
+    }
+
+    /// One line about a stripe's search state (diagnostics).
+    pub fn stripe_state(&self, stripe: usize) -> String {
+        self.stripes.get(stripe).map_or(String::new(), |st| {
+            format!(
+                "parent {:?} pending {:?} candidates {} tried {} children {} cap {} lends {}",
+                st.parent.map(|p| p.id),
+                st.pending.map(|p| p.0),
+                st.candidates.len(),
+                st.tried.len(),
+                st.children.len(),
+                self.child_capacity(stripe),
+                self.tree_slots()
+            )
+        })
     }
 
     pub fn mesh_peers(&self) -> Vec<NodeId> {

@@ -434,4 +434,20 @@ fn zz_orphan_diag() {
         let orphan_ms: u64 = (1..=300).map(|i| s.nodes[&id(i)].stats().orphan_ms).sum();
         eprintln!("t={t} orphans {orphans} orphan_ms {orphan_ms}");
     }
+    let mut shown = 0;
+    for i in 1..=300 {
+        for st in 0..4 {
+            if s.nodes[&id(i)].parents()[st].is_none() && shown < 6 {
+                shown += 1;
+                eprintln!(
+                    "viewer {i} stripe {st} home {}: {}",
+                    Node::home_stripe(&id(i), STRIPES),
+                    s.nodes[&id(i)].stripe_state(st)
+                );
+            }
+        }
+    }
+    let total_slots: Vec<usize> =
+        (0..4).map(|st| (1..=300).map(|i| s.nodes[&id(i)].children(st).len()).sum()).collect();
+    eprintln!("children per stripe {total_slots:?}");
 }
