@@ -123,7 +123,7 @@ pub const TREE_UPLOAD_SHARE: f64 = 0.7;
 /// Housekeeping period: parent checks, repairs, mesh upkeep.
 pub const TICK: Duration = Duration::from_millis(100);
 /// `Have` summaries go to mesh neighbours every this many ticks.
-const HAVE_EVERY_TICKS: u32 = 5;
+const HAVE_EVERY_TICKS: u32 = 3;
 /// Passive view bound (HyParView: passive view is several times the active view).
 pub const MAX_PASSIVE: usize = 64;
 /// Peers we keep contact details of (children, parents, mesh, passive, candidates).
