@@ -120,6 +120,11 @@ pub trait Verify: std::fmt::Debug {
 /// Share of the upload the push trees may fill; the rest absorbs repair pulls, control
 /// traffic and bursts (a full uplink queues, and queueing is lag at every hop below).
 pub const TREE_UPLOAD_SHARE: f64 = 0.7;
+/// Share of the upload that serves mesh pulls. Trees and pulls together stay below the
+/// link's capacity, so the uplink keeps some idle time and queues stay short: a saturated
+/// uplink delays every chunk through it, which makes more chunks late, which makes more
+/// pulls.
+pub const PULL_UPLOAD_SHARE: f64 = 0.15;
 /// Housekeeping period: parent checks, repairs, mesh upkeep.
 pub const TICK: Duration = Duration::from_millis(100);
 /// `Have` summaries go to mesh neighbours every this many ticks.
@@ -132,6 +137,11 @@ pub const MAX_DIRECTORY: usize = 1024;
 pub const MAX_BANNED: usize = 1024;
 /// Parent candidates queued per stripe.
 const MAX_CANDIDATES: usize = 32;
+/// Candidates in one Redirect: the strongest few children are enough to walk down one
+/// level, and every byte of a redirect is upload the busiest nodes (the roots) lack.
+const REDIRECT_CANDIDATES: usize = 4;
+/// Peers in one peer-exchange answer.
+const PEERS_PER_ANSWER: usize = 4;
 /// Outstanding pull requests.
 pub const MAX_PENDING_PULLS: usize = 256;
 /// Chunks a peer may pull from us per tick (twice the stream's chunk rate per tick is
@@ -265,7 +275,11 @@ impl Node {
             node.passive.insert(peer.id);
         }
         if role != Role::Publisher {
-            // Roots first: relays, then the publisher (relays have more room).
+            // Start the walk at a random bootstrap peer, relays first. If every newcomer
+            // started at the same root (say the publisher, the strongest), that root would
+            // spend its uplink on answers (10,000 joins × K subscribes) instead of on the
+            // stream; starting lower costs a hop at most, and push-down moves strong nodes
+            // up again.
             let mut roots = node.roots.clone();
             roots.sort_by_key(|id| std::cmp::Reverse(node.directory.get(id).map_or(0, |p| p.upload_kbps)));
             for s in 0..k {
@@ -503,7 +517,7 @@ impl Node {
         let mut picked = Vec::new();
         let mut seen = BTreeSet::new();
         for _ in 0..pool.len().min(MAX_PEERS_PER_MESSAGE * 2) {
-            if picked.len() >= MAX_PEERS_PER_MESSAGE / 2 || pool.is_empty() {
+            if picked.len() >= PEERS_PER_ANSWER || pool.is_empty() {
                 break;
             }
             let id = pool[self.rng.next_u32() as usize % pool.len()];
@@ -618,7 +632,7 @@ impl Node {
             .filter(|i| self.is_interior_peer(i, stripe))
             .collect();
         out.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
-        if out.len() < MAX_PEERS_PER_MESSAGE / 2 {
+        if out.is_empty() {
             let mut more: Vec<PeerInfo> = self
                 .mesh
                 .keys()
@@ -630,7 +644,7 @@ impl Node {
             more.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
             out.extend(more);
         }
-        out.truncate(MAX_PEERS_PER_MESSAGE);
+        out.truncate(REDIRECT_CANDIDATES);
         out
     }
 
@@ -700,9 +714,9 @@ impl Node {
         }
     }
 
-    /// Upload bytes per tick left for serving pulls: what the trees do not use.
+    /// Upload bytes per tick for serving pulls ([`PULL_UPLOAD_SHARE`]).
     fn serve_budget_per_tick(&self) -> u64 {
-        let spare_bps = self.config.upload_kbps as f64 * 1000.0 * (1.0 - TREE_UPLOAD_SHARE);
+        let spare_bps = self.config.upload_kbps as f64 * 1000.0 * PULL_UPLOAD_SHARE;
         (spare_bps / 8.0 * TICK.as_secs_f64()) as u64
     }
 

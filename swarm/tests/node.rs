@@ -417,37 +417,3 @@ fn a_request_flood_leaves_state_bounded() {
     assert!(sizes.passive <= rill_swarm::node::MAX_PASSIVE);
     assert!(sizes.directory <= rill_swarm::node::MAX_DIRECTORY);
 }
-
-#[test]
-#[ignore]
-fn zz_orphan_diag() {
-    let mut s = Swarm::new(7);
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for i in 1..=300 {
-        s.add_viewer(i, 2000 + (rng.next_u32() % 10_000));
-        s.run_for(Duration::from_millis(7));
-    }
-    for t in 0..10 {
-        s.run_for(Duration::from_secs(1));
-        let orphans: usize =
-            (1..=300).map(|i| s.nodes[&id(i)].parents().iter().filter(|p| p.is_none()).count()).sum();
-        let orphan_ms: u64 = (1..=300).map(|i| s.nodes[&id(i)].stats().orphan_ms).sum();
-        eprintln!("t={t} orphans {orphans} orphan_ms {orphan_ms}");
-    }
-    let mut shown = 0;
-    for i in 1..=300 {
-        for st in 0..4 {
-            if s.nodes[&id(i)].parents()[st].is_none() && shown < 6 {
-                shown += 1;
-                eprintln!(
-                    "viewer {i} stripe {st} home {}: {}",
-                    Node::home_stripe(&id(i), STRIPES),
-                    s.nodes[&id(i)].stripe_state(st)
-                );
-            }
-        }
-    }
-    let total_slots: Vec<usize> =
-        (0..4).map(|st| (1..=300).map(|i| s.nodes[&id(i)].children(st).len()).sum()).collect();
-    eprintln!("children per stripe {total_slots:?}");
-}

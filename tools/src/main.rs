@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod node_key;
+mod sim;
 mod table;
 
 #[derive(Debug, Parser)]
@@ -22,6 +23,9 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Simulate a whole swarm of real nodes on a virtual network, deterministically, and
+    /// print its figures (names from shared/METRICS.md).
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,10 +44,11 @@ fn main() -> ExitCode {
     // clap exits with status 2 and a one-line usage error for bad flags.
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Bench { what } => bench::run(what),
+        Command::Bench { what } => bench::run(what).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => sim::run(&args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("rill: error: {e:#}");
             ExitCode::from(2)
