@@ -8,7 +8,7 @@
 //!   0x04 Accept       stripe:u8
 //!   0x05 Redirect     stripe:u8 count:v peer*count             count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x06 Unsubscribe  stripe:u8
-//!   0x07 Have         latest:v recent:u64 BE
+//!   0x07 Have         latest:v recent:u64 BE spare_home:u8 spare_lend:u8
 //!   0x08 Request      count:v seq:v*count                      count ≤ MAX_REQUEST
 //!   0x09 Chunk        hops:u8 chunk                            (layout in `chunk`)
 //!   0x0a Leave
@@ -49,6 +49,10 @@ pub struct PeerInfo {
 pub struct Have {
     pub latest: u64,
     pub recent: u64,
+    /// Free child slots in the sender's home stripe (where it is interior).
+    pub spare_home: u8,
+    /// Slots the sender lends to leaves of its other stripes.
+    pub spare_lend: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +162,7 @@ impl Message {
             Message::Subscribe { .. } => 2,
             Message::Accept { .. } | Message::Unsubscribe { .. } => 1,
             Message::Redirect { candidates, .. } => 1 + peers_len(candidates),
-            Message::Have(have) => varint_len(have.latest) + 8,
+            Message::Have(have) => varint_len(have.latest) + 10,
             Message::Request { seqs } => {
                 varint_len(seqs.len() as u64) + seqs.iter().map(|&s| varint_len(s)).sum::<usize>()
             }
@@ -197,6 +201,7 @@ impl Message {
                 out.push(TYPE_HAVE);
                 put_varint(out, have.latest);
                 out.extend_from_slice(&have.recent.to_be_bytes());
+                out.extend_from_slice(&[have.spare_home, have.spare_lend]);
             }
             Message::Request { seqs } => {
                 out.push(TYPE_REQUEST);
@@ -249,7 +254,9 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
         TYPE_UNSUBSCRIBE => Message::Unsubscribe { stripe: read_u8(&mut r)? },
         TYPE_HAVE => {
             let latest = read_varint(&mut r)?;
-            Message::Have(Have { latest, recent: u64::from_be_bytes(read_array(&mut r)?) })
+            let recent = u64::from_be_bytes(read_array(&mut r)?);
+            let (spare_home, spare_lend) = (read_u8(&mut r)?, read_u8(&mut r)?);
+            Message::Have(Have { latest, recent, spare_home, spare_lend })
         }
         TYPE_REQUEST => {
             let count = read_varint(&mut r)?;
@@ -398,7 +405,7 @@ mod tests {
             Message::Accept { stripe: 0 },
             Message::Redirect { stripe: 2, candidates: vec![peer(4), peer(5)] },
             Message::Unsubscribe { stripe: 255 },
-            Message::Have(Have { latest: 1_000_000, recent: u64::MAX }),
+            Message::Have(Have { latest: 1_000_000, recent: u64::MAX, spare_home: 3, spare_lend: 0 }),
             Message::Request { seqs: (0..MAX_REQUEST as u64).map(|i| i << 20).collect() },
             Message::Chunk { hops: 3, chunk: chunk(100) },
             Message::Leave,
@@ -431,8 +438,9 @@ mod tests {
         expected.extend_from_slice(&[0x01, 0xbb, 0x40, 100, 1]);
         assert_eq!(encode(&Message::Hello { info: v6 }), expected);
 
-        let have = Message::Have(Have { latest: 63, recent: 0x8000_0000_0000_0001 });
-        assert_eq!(encode(&have), [TYPE_HAVE, 63, 0x80, 0, 0, 0, 0, 0, 0, 1]);
+        let have =
+            Message::Have(Have { latest: 63, recent: 0x8000_0000_0000_0001, spare_home: 2, spare_lend: 5 });
+        assert_eq!(encode(&have), [TYPE_HAVE, 63, 0x80, 0, 0, 0, 0, 0, 0, 1, 2, 5]);
         let request = Message::Request { seqs: vec![1, 64, 1 << 30] };
         assert_eq!(encode(&request), [TYPE_REQUEST, 3, 1, 0x40, 64, 0xc0, 0, 0, 0, 0x40, 0, 0, 0]);
         assert_eq!(encode(&Message::Leave), [TYPE_LEAVE]);
@@ -605,7 +613,11 @@ mod tests {
             any::<u8>().prop_map(|stripe| Message::Accept { stripe }),
             (any::<u8>(), peers()).prop_map(|(stripe, candidates)| Message::Redirect { stripe, candidates }),
             any::<u8>().prop_map(|stripe| Message::Unsubscribe { stripe }),
-            (seq.clone(), any::<u64>()).prop_map(|(latest, recent)| Message::Have(Have { latest, recent })),
+            (seq.clone(), any::<u64>(), any::<u8>(), any::<u8>()).prop_map(
+                |(latest, recent, spare_home, spare_lend)| {
+                    Message::Have(Have { latest, recent, spare_home, spare_lend })
+                }
+            ),
             prop::collection::vec(seq, 0..=MAX_REQUEST).prop_map(|seqs| Message::Request { seqs }),
             (any::<u8>(), arb_chunk()).prop_map(|(hops, chunk)| Message::Chunk { hops, chunk }),
             Just(Message::Leave),

@@ -119,7 +119,7 @@ pub trait Verify: std::fmt::Debug {
 
 /// Share of the upload the push trees may fill; the rest absorbs repair pulls, control
 /// traffic and bursts (a full uplink queues, and queueing is lag at every hop below).
-pub const TREE_UPLOAD_SHARE: f64 = 0.7;
+pub const TREE_UPLOAD_SHARE: f64 = 0.6;
 /// Share of the upload that serves mesh pulls. Trees and pulls together stay below the
 /// link's capacity, so the uplink keeps some idle time and queues stay short: a saturated
 /// uplink delays every chunk through it, which makes more chunks late, which makes more
@@ -343,11 +343,16 @@ impl Node {
     /// A viewer whose home stripe leaves slots unused lends them to *leaves* of other
     /// stripes (SplitStream's spare capacity group, Castro et al. §4.2): random home
     /// stripes and uploads leave some trees short of slots, and a leaf without a parent
-    /// lives on pulls. Only leaves, because a leaf has no subtree, so no cycle can form
-    /// through a node that is itself a leaf in that stripe. One slot stays free for the
-    /// home stripe.
+    /// lives on pulls. Only to leaves, and only while our own parent in that stripe is
+    /// interior (or a root), so no cycle can form. One slot stays free for the home stripe.
     fn lends_to(&self, stripe: usize, newcomer: &PeerInfo) -> bool {
+        // Only under an interior parent: a borrower never lends in that stripe itself, so
+        // lending chains are one level deep and cannot close a cycle between leaves.
+        let parent_interior = self.stripes[stripe].parent.is_some_and(|p| {
+            self.roots.contains(&p.id) || self.is_interior_peer(&self.info_of(p.id), stripe)
+        });
         self.role == Role::Viewer
+            && parent_interior
             && !self.interior_in(stripe)
             && !self.is_interior_peer(newcomer, stripe)
             && self.stripes.iter().map(|s| s.children.len()).sum::<usize>() + 1 < self.tree_slots()
@@ -631,7 +636,12 @@ impl Node {
             .filter_map(|c| self.directory.get(c).copied())
             .filter(|i| self.is_interior_peer(i, stripe))
             .collect();
-        out.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
+        // Random order: walkers sent down the same strongest child would all descend the
+        // same full path; spread over the children they find free slots sooner.
+        for i in (1..out.len()).rev() {
+            let j = self.rng.next_u32() as usize % (i + 1);
+            out.swap(i, j);
+        }
         if out.is_empty() {
             let mut more: Vec<PeerInfo> = self
                 .mesh
@@ -861,6 +871,37 @@ impl Node {
             return;
         }
         let interior = !st.children.is_empty();
+        // A mesh neighbour that told us it has room in this stripe beats any walk.
+        let leaf = !self.interior_in(stripe);
+        let roomy: Vec<NodeId> = self
+            .mesh
+            .iter()
+            .filter(|(id, m)| {
+                !self.stripes[stripe].tried.contains(id)
+                    && !self.stripes[stripe].children.contains(id)
+                    && if Node::home_stripe(id, self.config.stripes) == stripe {
+                        m.have.spare_home > 0
+                    } else {
+                        leaf && m.have.spare_lend > 0
+                    }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if !roomy.is_empty() && !interior {
+            let pick = roomy[self.rng.next_u32() as usize % roomy.len()];
+            if let Some(m) = self.mesh.get_mut(&pick) {
+                // Assume we take the slot until its next summary says otherwise.
+                if Node::home_stripe(&pick, self.config.stripes) == stripe {
+                    m.have.spare_home -= 1;
+                } else {
+                    m.have.spare_lend -= 1;
+                }
+            }
+            self.stripes[stripe].pending = Some((pick, now));
+            let starting = self.stripes[stripe].latest.is_none();
+            self.send(pick, Message::Subscribe { stripe: stripe as u8, starting }, Class::Control);
+            return;
+        }
         let next = loop {
             let Some(c) = self.stripes[stripe].candidates.pop_front() else { break None };
             if c != self.me.id && !self.banned.contains(&c) && !self.stripes[stripe].children.contains(&c) {
@@ -961,8 +1002,24 @@ impl Node {
         }
     }
 
+    /// Free slots we advertise to mesh neighbours, so a searching node can go straight to
+    /// a parent with room instead of walking down full trees: (home stripe, lendable).
+    fn spare_slots(&self) -> (u8, u8) {
+        if self.role != Role::Viewer {
+            return (0, 0);
+        }
+        let home = Node::home_stripe(&self.me.id, self.config.stripes);
+        let used: usize = self.stripes.iter().map(|s| s.children.len()).sum();
+        let free_home = self.child_capacity(home).saturating_sub(self.stripes[home].children.len());
+        let lend = self.tree_slots().saturating_sub(used + 1);
+        (free_home.min(u8::MAX as usize) as u8, lend.min(u8::MAX as usize) as u8)
+    }
+
     fn have(&self) -> Have {
-        let Some(&latest) = self.buffer.keys().next_back() else { return Have::default() };
+        let (spare_home, spare_lend) = self.spare_slots();
+        let Some(&latest) = self.buffer.keys().next_back() else {
+            return Have { spare_home, spare_lend, ..Have::default() };
+        };
         let mut recent = 0u64;
         for (&seq, _) in self.buffer.range(latest.saturating_sub(HAVE_WINDOW)..latest) {
             let i = latest - 1 - seq;
@@ -970,7 +1027,7 @@ impl Node {
                 recent |= 1 << i;
             }
         }
-        Have { latest, recent }
+        Have { latest, recent, spare_home, spare_lend }
     }
 
     fn peer_has(have: &Have, seq: u64) -> bool {

@@ -366,6 +366,20 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
     for node in sim.nodes.iter().flatten() {
         add_stats(&mut stats, &node.stats());
     }
+    if std::env::var_os("RILL_SIM_DEBUG").is_some() {
+        let mut shown = 0;
+        for node in sim.nodes.iter().flatten() {
+            for (s, p) in node.parents().iter().enumerate() {
+                if p.is_none() && shown < 12 {
+                    shown += 1;
+                    eprintln!("orphan {:?} stripe {s}: {}", node.id(), node.stripe_state(s));
+                }
+            }
+        }
+        let orphans: usize =
+            sim.nodes.iter().flatten().map(|n| n.parents().iter().filter(|p| p.is_none()).count()).sum();
+        eprintln!("orphaned (node, stripe) pairs at the end: {orphans}");
+    }
     let w = &sim.w;
     let publisher_kbps = w.slots[0].info.upload_kbps;
     let chunk_tx_ns = net::serialization_ns(chunk_wire.bytes, publisher_kbps);

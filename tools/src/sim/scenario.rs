@@ -5,7 +5,7 @@
 //! bitrate_kbps = 4000          # media bitrate
 //! duration_s = 60.0            # how long the publisher publishes (the run's length)
 //! keyframe_interval_s = 1.0    # the first chunk of each interval carries the keyframe flag
-//! chunk_ms = 50                # the publisher cuts a chunk every chunk_ms
+//! chunk_ms = 25                # the publisher cuts a chunk every chunk_ms
 //!
 //! [swarm]
 //! viewers = 10000              # viewers at the start (they join over join_over_s)
@@ -62,13 +62,16 @@ pub struct Stream {
     pub duration_s: f64,
     /// Seconds between keyframes. Default 1.0.
     pub keyframe_interval_s: f64,
-    /// Milliseconds of media per chunk. Default 50.
+    /// Milliseconds of media per chunk. Default 25: a node forwards whole verified chunks,
+    /// one copy per child after another, so every hop costs up to `children × chunk / upload`;
+    /// 25 ms (12.5 kB at 4 Mbit/s) halves that against 50 ms at 0.5 % signature overhead.
+    /// (2,000 viewers, 20 s: continuity 0.81 at 50 ms, 0.92 at 25 ms.)
     pub chunk_ms: u32,
 }
 
 impl Default for Stream {
     fn default() -> Self {
-        Stream { bitrate_kbps: 4000, duration_s: 60.0, keyframe_interval_s: 1.0, chunk_ms: 50 }
+        Stream { bitrate_kbps: 4000, duration_s: 60.0, keyframe_interval_s: 1.0, chunk_ms: 25 }
     }
 }
 
@@ -366,7 +369,7 @@ mod tests {
         assert_eq!(s.stream.bitrate_kbps, 4000);
         assert_eq!(s.stream.duration_s, 60.0);
         assert_eq!(s.stream.keyframe_interval_s, 1.0);
-        assert_eq!(s.stream.chunk_ms, 50);
+        assert_eq!(s.stream.chunk_ms, 25);
         assert_eq!(s.swarm.viewers, 10_000);
         assert_eq!(s.swarm.relays, 0);
         assert_eq!(s.swarm.publisher_upload_kbps, 20_000);
@@ -381,9 +384,9 @@ mod tests {
         assert!(s.churn.mass_departure.is_none());
         assert_eq!(s.playout.latency_ms, 1000);
         assert_eq!(s.run.seed, 1);
-        // 4000 kbit/s × 50 ms = 25 000 bytes; 60 s / 50 ms = 1200 chunks.
-        assert_eq!(s.chunk_bytes(), 25_000);
-        assert_eq!(s.chunks(), 1200);
+        // 4000 kbit/s × 25 ms = 12 500 bytes; 60 s / 25 ms = 2400 chunks.
+        assert_eq!(s.chunk_bytes(), 12_500);
+        assert_eq!(s.chunks(), 2400);
     }
 
     #[test]

@@ -85,8 +85,8 @@ fn report_has_every_figure() {
         assert!(v["arrival_lag_ms"].get(p).is_some());
     }
     assert_eq!(v["viewers"], 20);
-    // 3 s of 50 ms chunks.
-    assert_eq!(v["chunks"], 60);
+    // 3 s of 25 ms chunks.
+    assert_eq!(v["chunks"], 120);
     // The floor: at least the minimum one-way delay (10 ms) plus one 1200-byte packet at
     // 20 Mbit/s (0.48 ms); p99 ≥ p50.
     let floor99 = v["lag_floor_ms"].as_f64().unwrap();
