@@ -24,7 +24,8 @@
 //! - Elsewhere than Linux: plain `send_to`/`recv_from`, one datagram per call, and tokio's
 //!   timer (the pacer's 2 ms bucket absorbs its 1 ms granularity).
 //!
-//! Figures for "where batching helps" come from [`bench_batch_io`].
+//! Figures for "where batching helps" come from [`bench_batch_io`] (`rill bench transport
+//! --scenario batch-io`).
 
 mod bench;
 #[cfg(target_os = "linux")]
