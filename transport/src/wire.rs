@@ -3,7 +3,7 @@
 //! ```text
 //! header (24 bytes, big-endian):
 //!   0      type (high 4 bits) | version (low 4 bits)      BEP 29 packs them the same way
-//!   1      flags (bit 0: timestamp_diff is valid)
+//!   1      flags (bit 0: timestamp_diff is valid; bit 1: key phase, see crypto::keys)
 //!   2..6   session id: chosen by the *receiver* of this packet (WireGuard/QUIC style)
 //!   6..10  timestamp_us: sender's clock when the packet left, µs, wrapping
 //!   10..14 timestamp_diff_us: our clock minus the peer's timestamp of the last packet we
@@ -12,7 +12,9 @@
 //!   14..18 wnd: receive window, bytes the sender of this packet can still take
 //!   18..22 packet number, low 32 bits (expanded against the largest seen, RFC 9000 A.3)
 //!   22..24 reserved, zero
-//! body: type-specific. Data packets carry frames:
+//! body: type-specific (see `PacketType`): Syn, SynAck and Finish carry Noise handshake
+//! messages, Cookie an address-validation cookie. Data packets carry frames, encrypted
+//! with ChaCha20-Poly1305 (the header is the associated data; a 16-byte tag follows):
 //!   ACK          0x01 cum_ack:v ack_delay_us:v count:v (gap:v len:v)*count
 //!   DATA         0x02 message:v class:u8 total_len:v offset:v len:v bytes[len]
 //!   ABANDON      0x03 message:v
@@ -507,15 +509,11 @@ impl<'a> SynBody<'a> {
     }
 
     /// Bytes `encode` writes.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         varint_len(self.initiator_id as u64) + 2 + self.cookie.map_or(0, <[u8]>::len) + self.noise.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// `w` must have `len()` bytes left; the cookie must be at most [`MAX_COOKIE_LEN`].
+    /// `w` must have `encoded_len()` bytes left; the cookie must be at most [`MAX_COOKIE_LEN`].
     pub fn encode(&self, w: &mut Writer<'_>) {
         w.varint(self.initiator_id as u64);
         w.u8(self.pattern);
@@ -766,8 +764,8 @@ mod tests {
         let mut buf = [0u8; 16];
         let mut w = Writer::new(&mut buf, 0);
         ok.encode(&mut w);
-        assert_eq!(w.pos(), ok.len());
-        assert_eq!(SynBody::decode(&buf[..ok.len()]), Ok(ok));
+        assert_eq!(w.pos(), ok.encoded_len());
+        assert_eq!(SynBody::decode(&buf[..ok.encoded_len()]), Ok(ok));
         assert_eq!(decode_cookie_body(&[5]), Err(DecodeError::Invalid));
         assert_eq!(decode_cookie_body(&[5, 1, 2]), Ok((5, &[1u8, 2][..])));
         assert_eq!(decode_cookie_body(&[0x40]), Err(DecodeError::Truncated));

@@ -246,7 +246,7 @@ impl Session {
             cookie: self.cookie.as_deref(),
             noise: hs.last_written(),
         };
-        if HEADER_LEN + body.len() > buf.len() {
+        if HEADER_LEN + body.encoded_len() > buf.len() {
             return None;
         }
         self.stats.packets_sent += 1;
