@@ -8,8 +8,10 @@
 //!   publisher are interior in every stripe. A node takes as many children as its upload
 //!   carries at [`TREE_UPLOAD_SHARE`] of capacity.
 //! - **Joining a tree**: `Subscribe` to a candidate; a parent with room answers `Accept`,
-//!   one without answers `Redirect` to its children with room, so a newcomer walks down
-//!   from the root and trees fill breadth-first (shallow). A full parent takes a newcomer
+//!   one without answers `Redirect` to a few of its interior children, so a newcomer walks
+//!   down from the root and trees fill from the top. A mesh neighbour that advertises free
+//!   slots in its `Have` is asked first, without a walk. A viewer lends slots its home
+//!   stripe does not use to leaves of other stripes. A full parent takes a newcomer
 //!   with much more upload than its weakest child and redirects that child below the
 //!   newcomer (mTreebone's capacity-ordered core, Wang et al., INFOCOM 2007): strong nodes
 //!   end up near the root, and trees stay shallow.
@@ -133,10 +135,15 @@ const HAVE_EVERY_TICKS: u32 = 3;
 pub const MAX_PASSIVE: usize = 64;
 /// Peers we keep contact details of (children, parents, mesh, passive, candidates).
 pub const MAX_DIRECTORY: usize = 1024;
+/// Bootstrap peers kept as roots (a link names the publisher and a few relays).
+pub const MAX_ROOTS: usize = 32;
 /// Peers banned for forged chunks that we remember.
 pub const MAX_BANNED: usize = 1024;
 /// Parent candidates queued per stripe.
 const MAX_CANDIDATES: usize = 32;
+/// Peers remembered as tried in one parent search; past this the search forgets them and
+/// may ask them again (a long search must not grow state without bound).
+const MAX_TRIED: usize = 256;
 /// Candidates in one Redirect: the strongest few children are enough to walk down one
 /// level, and every byte of a redirect is upload the busiest nodes (the roots) lack.
 const REDIRECT_CANDIDATES: usize = 4;
@@ -164,6 +171,15 @@ struct Parent {
     /// Newest sequence number the parent has delivered to us (or, before its first chunk,
     /// the newest we held when it took us): pulls must not hide a silent parent.
     mark: Option<u64>,
+}
+
+impl StripeState {
+    fn note_tried(&mut self, id: NodeId) {
+        if self.tried.len() >= MAX_TRIED {
+            self.tried.clear();
+        }
+        self.tried.insert(id);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -269,17 +285,15 @@ impl Node {
             served_bytes_tick: 0,
         };
         let me = node.me.id;
-        for peer in bootstrap.into_iter().filter(|p| p.id != me) {
+        for peer in bootstrap.into_iter().filter(|p| p.id != me).take(MAX_ROOTS) {
             node.learn(peer);
             node.roots.push(peer.id);
             node.passive.insert(peer.id);
         }
         if role != Role::Publisher {
-            // Start the walk at a random bootstrap peer, relays first. If every newcomer
-            // started at the same root (say the publisher, the strongest), that root would
-            // spend its uplink on answers (10,000 joins × K subscribes) instead of on the
-            // stream; starting lower costs a hop at most, and push-down moves strong nodes
-            // up again.
+            // Walk down from the strongest bootstrap peer (a relay, else the publisher).
+            // Once mesh neighbours advertise free slots (`Have`), `find_parent` goes to
+            // them directly, which keeps most subscribes off the roots' uplinks.
             let mut roots = node.roots.clone();
             roots.sort_by_key(|id| std::cmp::Reverse(node.directory.get(id).map_or(0, |p| p.upload_kbps)));
             for s in 0..k {
@@ -700,7 +714,7 @@ impl Node {
         }
         let st = &mut self.stripes[stripe];
         st.pending = None;
-        st.tried.insert(from);
+        st.note_tried(from);
         // Redirect candidates go first, in the order given.
         for c in candidates.iter().rev() {
             if c.id != self.me.id && !st.tried.contains(&c.id) {
@@ -957,7 +971,7 @@ impl Node {
             if let Some((p, at)) = self.stripes[s].pending {
                 if now.saturating_duration_since(at) >= self.subscribe_timeout() {
                     self.stripes[s].pending = None;
-                    self.stripes[s].tried.insert(p);
+                    self.stripes[s].note_tried(p);
                 }
             }
             if let Some(parent) = self.stripes[s].parent {
@@ -972,7 +986,7 @@ impl Node {
                 if stripe_behind && now.saturating_duration_since(quiet_since) >= self.parent_timeout() {
                     self.send(parent.id, Message::Unsubscribe { stripe: s as u8 }, Class::Control);
                     self.stripes[s].parent = None;
-                    self.stripes[s].tried.insert(parent.id);
+                    self.stripes[s].note_tried(parent.id);
                     self.stats.reparents += 1;
                 }
             }

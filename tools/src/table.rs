@@ -85,7 +85,8 @@ fn flatten(prefix: &str, v: &Value, f: &mut dyn FnMut(&str, String)) {
     }
 }
 
-fn format_float(x: f64) -> String {
+/// A figure for a table cell: whole numbers from 100 up, two decimals from 1, else three.
+pub fn format_float(x: f64) -> String {
     if x.abs() >= 100.0 {
         format!("{x:.0}")
     } else if x.abs() >= 1.0 {

@@ -10,6 +10,9 @@
 //! - [`metrics`]: per-viewer records and the figures of shared/METRICS.md.
 //! - [`floor`]: the lag floor, a lower bound no overlay beats.
 //! - [`verify`]: the shared memoizing chunk verifier.
+//!
+//! With `RILL_SIM_DEBUG` set, a run also prints to stderr the (node, stripe) pairs left
+//! without a tree parent at the end and their search state.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +21,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::{json, Map, Value};
 
-use crate::table::round;
+use crate::table::{format_float, round};
 
 pub mod floor;
 pub mod metrics;
@@ -251,16 +254,7 @@ fn explain(key: &str) -> &'static str {
 
 fn text(v: &Value) -> String {
     match v {
-        Value::Number(n) if n.is_f64() => {
-            let x = n.as_f64().unwrap_or(f64::NAN);
-            if x.abs() >= 1000.0 {
-                format!("{x:.0}")
-            } else if x.abs() >= 10.0 {
-                format!("{x:.1}")
-            } else {
-                format!("{x:.3}")
-            }
-        }
+        Value::Number(n) if n.is_f64() => format_float(n.as_f64().unwrap_or(f64::NAN)),
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
