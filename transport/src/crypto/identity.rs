@@ -38,8 +38,20 @@ const NODE_ID_DEBUG_LEN: usize = 8;
 /// because ids appear in URIs and host-like contexts where lower case is conventional.
 const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
-/// First line prefix of a key file; the version lets a later format be told apart.
-const KEY_FILE_HEADER: &[u8] = b"rill-node-key-v1 ";
+/// A kind of file holding one 32-byte secret key: `<header><base32 key>\n`, mode 0600. The
+/// header's version lets a later format be told apart.
+/// Node keys and channel keys (`rill keygen`) share the format and its checks, and differ
+/// in the header, so one kind of key is never loaded as the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFileKind {
+    /// First bytes of the file, including the separating space, e.g. `rill-node-key-v1 `.
+    pub header: &'static str,
+    /// What the file holds, for error messages ("rill node key").
+    pub what: &'static str,
+}
+
+/// The node identity key file (`--node-key`).
+pub const NODE_KEY_FILE: KeyFileKind = KeyFileKind { header: "rill-node-key-v1 ", what: "rill node key" };
 
 /// Upper bound on bytes read from a key file: a valid file is 17 + 52 + 1 = 70 bytes, so
 /// anything much larger is not a key file and reading it whole would be pointless.
@@ -123,16 +135,20 @@ pub enum IdentityError {
         mode: u32,
     },
     /// The file is larger than any key file.
-    #[error("key file {} is larger than {KEY_FILE_MAX_LEN} bytes; it is not a rill node key", path.display())]
+    #[error("key file {} is larger than {KEY_FILE_MAX_LEN} bytes; it is not a {}", path.display(), kind.what)]
     KeyFileTooLarge {
         /// The key file path.
         path: PathBuf,
+        /// The kind of key expected.
+        kind: KeyFileKind,
     },
     /// The file does not start with the expected header.
-    #[error("key file {} is not a rill node key (it must start with `rill-node-key-v1 `)", path.display())]
+    #[error("key file {} is not a {} (it must start with `{}`)", path.display(), kind.what, kind.header)]
     KeyFileHeader {
         /// The key file path.
         path: PathBuf,
+        /// The kind of key expected.
+        kind: KeyFileKind,
     },
     /// The key text after the header is not valid base32.
     #[error("key file {} holds an invalid key: {reason}", path.display())]
@@ -356,7 +372,7 @@ impl NodeKey {
         rng.fill(&mut secret[..]).map_err(|_| IdentityError::Rng)?;
         let key = Self::from_secret_bytes(*secret);
         let create_err = |source| IdentityError::KeyFileCreate { path: path.to_path_buf(), source };
-        match write_new_key_file(path, &key, &rng) {
+        match NODE_KEY_FILE.create(path, key.secret_bytes(), &rng) {
             Ok(()) => Ok((key, true)),
             // Lost a race with another process creating the same file: use its key so both
             // agree on one identity.
@@ -367,6 +383,14 @@ impl NodeKey {
 
     /// Loads the key file at `path`. Refuses files that group or others can access.
     pub fn load(path: &Path) -> Result<NodeKey, IdentityError> {
+        NODE_KEY_FILE.load(path).map(|secret| Self::from_secret_bytes(*secret))
+    }
+}
+
+impl KeyFileKind {
+    /// Reads the secret from the file at `path`. Refuses files that group or others can
+    /// access, that are not regular files, or that do not hold exactly one key of this kind.
+    pub fn load(&self, path: &Path) -> Result<Zeroizing<[u8; SECRET_LEN]>, IdentityError> {
         let p = || path.to_path_buf();
         let unreadable = |source| IdentityError::KeyFileUnreadable { path: p(), source };
         let file = match File::open(path) {
@@ -388,27 +412,35 @@ impl NodeKey {
         let mut content = Zeroizing::new(Vec::with_capacity(128));
         file.take(KEY_FILE_MAX_LEN + 1).read_to_end(&mut content).map_err(unreadable)?;
         if content.len() as u64 > KEY_FILE_MAX_LEN {
-            return Err(IdentityError::KeyFileTooLarge { path: p() });
+            return Err(IdentityError::KeyFileTooLarge { path: p(), kind: *self });
         }
-        let Some(rest) = content.strip_prefix(KEY_FILE_HEADER) else {
-            return Err(IdentityError::KeyFileHeader { path: p() });
+        let Some(rest) = content.strip_prefix(self.header.as_bytes()) else {
+            return Err(IdentityError::KeyFileHeader { path: p(), kind: *self });
         };
         // One optional final newline; anything else is reported by the decoder.
         let text = rest.strip_suffix(b"\n").unwrap_or(rest);
         match decode32(text) {
-            Ok(bytes) => {
-                let bytes = Zeroizing::new(bytes);
-                Ok(Self::from_secret_bytes(*bytes))
-            }
+            Ok(bytes) => Ok(Zeroizing::new(bytes)),
             Err(Decode32Error::Length(found)) => Err(IdentityError::KeyFileLength { path: p(), found }),
             Err(Decode32Error::Base32(reason)) => Err(IdentityError::KeyFileBase32 { path: p(), reason }),
         }
     }
+
+    /// Writes `secret` to a new file at `path` without ever replacing an existing file (an
+    /// `AlreadyExists` error if `path` exists). See [`NodeKey::load_or_create`] for how.
+    pub fn create(&self, path: &Path, secret: &[u8; SECRET_LEN], rng: &SystemRandom) -> io::Result<()> {
+        write_new_key_file(path, self.header.as_bytes(), secret, rng)
+    }
 }
 
-/// Writes `key` to a new file at `path` without ever replacing an existing file. Returns an
-/// `AlreadyExists` error if `path` exists.
-fn write_new_key_file(path: &Path, key: &NodeKey, rng: &SystemRandom) -> io::Result<()> {
+/// Writes `header` and `secret` to a new file at `path` without ever replacing an existing
+/// file. Returns an `AlreadyExists` error if `path` exists.
+fn write_new_key_file(
+    path: &Path,
+    header: &[u8],
+    secret: &[u8; SECRET_LEN],
+    rng: &SystemRandom,
+) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
@@ -416,9 +448,9 @@ fn write_new_key_file(path: &Path, key: &NodeKey, rng: &SystemRandom) -> io::Res
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut contents = Zeroizing::new(Vec::with_capacity(KEY_FILE_HEADER.len() + NODE_ID_TEXT_LEN + 1));
-    contents.extend_from_slice(KEY_FILE_HEADER);
-    contents.extend_from_slice(&Zeroizing::new(encode32(key.secret_bytes()))[..]);
+    let mut contents = Zeroizing::new(Vec::with_capacity(header.len() + NODE_ID_TEXT_LEN + 1));
+    contents.extend_from_slice(header);
+    contents.extend_from_slice(&Zeroizing::new(encode32(secret))[..]);
     contents.push(b'\n');
 
     // A random suffix keeps concurrent creators from colliding on the temporary name.
@@ -498,7 +530,7 @@ mod tests {
 
     fn valid_line() -> Vec<u8> {
         let key = NodeKey::from_secret_bytes([7; 32]);
-        let mut line = KEY_FILE_HEADER.to_vec();
+        let mut line = NODE_KEY_FILE.header.as_bytes().to_vec();
         line.extend_from_slice(&encode32(key.secret_bytes()));
         line.push(b'\n');
         line
@@ -561,8 +593,8 @@ mod tests {
     fn malformed_files_error_with_right_variant() {
         let dir = TempDir::new("malformed");
         let good = valid_line();
-        let key_text = &good[KEY_FILE_HEADER.len()..good.len() - 1];
-        let with_key = |key: &[u8]| [KEY_FILE_HEADER, key, b"\n"].concat();
+        let key_text = &good[NODE_KEY_FILE.header.as_bytes().len()..good.len() - 1];
+        let with_key = |key: &[u8]| [NODE_KEY_FILE.header.as_bytes(), key, b"\n"].concat();
 
         type Case = (&'static str, Vec<u8>, fn(&IdentityError) -> bool);
         let cases: Vec<Case> = vec![
@@ -582,7 +614,7 @@ mod tests {
                     }
                 )
             }),
-            ("crlf", [KEY_FILE_HEADER, key_text, b"\r\n"].concat(), |e| {
+            ("crlf", [NODE_KEY_FILE.header.as_bytes(), key_text, b"\r\n"].concat(), |e| {
                 matches!(
                     e,
                     IdentityError::KeyFileBase32 {

@@ -118,14 +118,7 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
 }
 
 fn thread_cpu() -> Duration {
-    #[cfg(target_os = "linux")]
-    {
-        super::sys::thread_cpu_time()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        Duration::ZERO
-    }
+    super::thread_cpu_time()
 }
 
 fn per_datagram_ns(cpu: Duration, datagrams: u64) -> f64 {

@@ -36,7 +36,7 @@ mod tx;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -124,6 +124,10 @@ pub struct DriverStats {
     pub recv_syscalls: u64,
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
+    /// UDP payload bytes of the datagrams counted above (headers, crypto and all: what
+    /// the overhead ratio counts).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     /// Send calls that carried more than one datagram (several messages, or GSO).
     pub send_batches: u64,
     /// GSO messages sent, and the datagrams they carried.
@@ -382,6 +386,7 @@ impl UdpDriver {
                     let mut datagrams = 0;
                     for m in &self.messages[..taken] {
                         datagrams += m.datagrams;
+                        self.stats.bytes_sent += m.len as u64;
                         if m.segment_len.is_some() {
                             self.stats.gso_messages += 1;
                             self.stats.gso_segments += m.datagrams as u64;
@@ -498,6 +503,7 @@ impl UdpDriver {
                 }
                 let source = canonical(r.source);
                 let bytes = &self.rx_buf[r.slot * slot_bytes..][..r.len];
+                self.stats.bytes_received += r.len as u64;
                 if r.segment_len < r.len {
                     for datagram in bytes.chunks(r.segment_len) {
                         deliver(now, source, datagram);
@@ -520,6 +526,7 @@ impl UdpDriver {
         }
         deliver(Instant::now(), canonical(source), &self.rx_buf[..len]);
         self.stats.datagrams_received += 1;
+        self.stats.bytes_received += len as u64;
         Ok((1, true))
     }
 
@@ -591,6 +598,38 @@ impl UdpDriver {
         fire_due_timer(endpoint);
         self.flush(endpoint)?;
         Ok(outcome)
+    }
+}
+
+/// CPU time (user + system) the calling thread has used; zero where the system cannot
+/// tell. For benchmarks and per-node figures (`cpu_per_gbit`).
+pub fn thread_cpu_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        sys::thread_cpu_time()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Duration::ZERO
+    }
+}
+
+/// CPU time (user + system) the whole process has used (`getrusage(RUSAGE_SELF)`).
+pub fn process_cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+        let usage = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut u);
+            u
+        };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    }
+    #[cfg(not(unix))]
+    {
+        Duration::ZERO
     }
 }
 

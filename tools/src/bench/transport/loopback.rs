@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use rill_transport::crypto::aead::{seal_throughput_mbps, TAG_LEN};
-use rill_transport::driver::{SocketOptions, UdpDriver};
+use rill_transport::driver::{process_cpu_time as process_cpu, SocketOptions, UdpDriver};
 use rill_transport::wire::HEADER_LEN;
 use rill_transport::DEFAULT_MAX_DATAGRAM_SIZE;
 use rill_transport::{Class, Endpoint, EndpointConfig, Event, SendOptions};
@@ -135,18 +135,6 @@ pub fn run_batch_io(args: &TransportArgs) -> Result<()> {
             .print_table("batch-io: the driver's socket batch layer alone, 1200-byte datagrams on 127.0.0.1");
     }
     Ok(())
-}
-
-/// Process CPU time (user + system) so far.
-pub fn process_cpu() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 async fn measure(duration: Duration, io: &str, opts: &SocketOptions) -> Result<serde_json::Value> {
