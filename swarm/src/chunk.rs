@@ -163,8 +163,9 @@ pub enum ChunkError {
 pub struct Chunk {
     /// Position in the stream, from 0, one per chunk.
     pub seq: u64,
-    /// Publisher's clock when it ingested the chunk's last byte, µs since the channel's
-    /// epoch (the start of publishing).
+    /// Publisher's clock when it ingested the chunk's last byte, µs. `rill publish` uses
+    /// UNIX time, so viewers on the same host or on clock-synchronised hosts read arrival
+    /// and playout lag directly (shared/METRICS.md); the simulator uses its virtual clock.
     pub ingest_us: u64,
     /// The payload starts with a keyframe (a newcomer can start decoding here).
     pub keyframe: bool,

@@ -4,7 +4,7 @@
 //! message = type:u8 fields
 //!   0x01 Hello        peer
 //!   0x02 Peers        count:v peer*count                       count ≤ MAX_PEERS_PER_MESSAGE
-//!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1)
+//!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1) resume_from:v
 //!   0x04 Accept       stripe:u8
 //!   0x05 Redirect     stripe:u8 count:v peer*count             count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x06 Unsubscribe  stripe:u8
@@ -65,8 +65,13 @@ pub enum Message {
     Subscribe {
         stripe: u8,
         /// The sender holds nothing yet: send it the latest keyframe group (fast join).
-        /// A node changing parents leaves it unset and gets only new chunks.
+        /// A node changing parents leaves it unset and gets the stripe from `resume_from`.
         starting: bool,
+        /// A node changing parents: the first seq of this stripe it lacks (the newest it
+        /// holds plus the stripe count). The new parent sends what it holds from there, so
+        /// the chunks a dead parent left undelivered come with the new subscription
+        /// instead of one pull at a time. Ignored when `starting`.
+        resume_from: u64,
     },
     /// The receiver is now a child of the sender in `stripe`.
     Accept { stripe: u8 },
@@ -159,7 +164,7 @@ impl Message {
         1 + match self {
             Message::Hello { info } => peer_len(info),
             Message::Peers { peers } => peers_len(peers),
-            Message::Subscribe { .. } => 2,
+            Message::Subscribe { resume_from, .. } => 2 + varint_len(*resume_from),
             Message::Accept { .. } | Message::Unsubscribe { .. } => 1,
             Message::Redirect { candidates, .. } => 1 + peers_len(candidates),
             Message::Have(have) => varint_len(have.latest) + 10,
@@ -188,8 +193,9 @@ impl Message {
                 out.push(TYPE_PEERS);
                 put_peers(out, peers);
             }
-            Message::Subscribe { stripe, starting } => {
-                out.extend_from_slice(&[TYPE_SUBSCRIBE, *stripe, u8::from(*starting)])
+            Message::Subscribe { stripe, starting, resume_from } => {
+                out.extend_from_slice(&[TYPE_SUBSCRIBE, *stripe, u8::from(*starting)]);
+                put_varint(out, *resume_from);
             }
             Message::Accept { stripe } => out.extend_from_slice(&[TYPE_ACCEPT, *stripe]),
             Message::Redirect { stripe, candidates } => {
@@ -244,7 +250,7 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
                 1 => true,
                 other => return Err(MessageError::StartingFlag(other)),
             };
-            Message::Subscribe { stripe, starting }
+            Message::Subscribe { stripe, starting, resume_from: read_varint(&mut r)? }
         }
         TYPE_ACCEPT => Message::Accept { stripe: read_u8(&mut r)? },
         TYPE_REDIRECT => {
@@ -401,7 +407,8 @@ mod tests {
             Message::Hello { info: peer(1) },
             Message::Peers { peers: (0..MAX_PEERS_PER_MESSAGE as u8).map(peer).collect() },
             Message::Peers { peers: vec![] },
-            Message::Subscribe { stripe: 3, starting: true },
+            Message::Subscribe { stripe: 3, starting: true, resume_from: 0 },
+            Message::Subscribe { stripe: 1, starting: false, resume_from: 1_000_000 },
             Message::Accept { stripe: 0 },
             Message::Redirect { stripe: 2, candidates: vec![peer(4), peer(5)] },
             Message::Unsubscribe { stripe: 255 },
@@ -444,7 +451,10 @@ mod tests {
         let request = Message::Request { seqs: vec![1, 64, 1 << 30] };
         assert_eq!(encode(&request), [TYPE_REQUEST, 3, 1, 0x40, 64, 0xc0, 0, 0, 0, 0x40, 0, 0, 0]);
         assert_eq!(encode(&Message::Leave), [TYPE_LEAVE]);
-        assert_eq!(encode(&Message::Subscribe { stripe: 9, starting: true }), [TYPE_SUBSCRIBE, 9, 1]);
+        assert_eq!(
+            encode(&Message::Subscribe { stripe: 9, starting: true, resume_from: 0 }),
+            [TYPE_SUBSCRIBE, 9, 1, 0]
+        );
 
         let c = chunk(2);
         let mut expected = vec![TYPE_CHUNK, 5];
@@ -608,8 +618,9 @@ mod tests {
         prop_oneof![
             arb_peer().prop_map(|info| Message::Hello { info }),
             peers().prop_map(|peers| Message::Peers { peers }),
-            (any::<u8>(), any::<bool>())
-                .prop_map(|(stripe, starting)| Message::Subscribe { stripe, starting }),
+            (any::<u8>(), any::<bool>(), seq.clone()).prop_map(|(stripe, starting, resume_from)| {
+                Message::Subscribe { stripe, starting, resume_from }
+            }),
             any::<u8>().prop_map(|stripe| Message::Accept { stripe }),
             (any::<u8>(), peers()).prop_map(|(stripe, candidates)| Message::Redirect { stripe, candidates }),
             any::<u8>().prop_map(|stripe| Message::Unsubscribe { stripe }),

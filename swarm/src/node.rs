@@ -115,7 +115,7 @@ pub struct NodeStats {
 
 /// Verifies chunk signatures. The default verifies every chunk with Ed25519; a simulator
 /// may share one memoizing verifier among its nodes (same bytes, same answer).
-pub trait Verify: std::fmt::Debug {
+pub trait Verify: std::fmt::Debug + Send {
     fn verify(&mut self, channel: &ChannelId, chunk: &Chunk) -> bool;
 }
 
@@ -139,6 +139,18 @@ pub const MAX_DIRECTORY: usize = 1024;
 pub const MAX_ROOTS: usize = 32;
 /// Peers banned for forged chunks that we remember.
 pub const MAX_BANNED: usize = 1024;
+/// Peers remembered as silent (dropped as a parent for sending nothing); the oldest is
+/// forgotten beyond this.
+const MAX_SILENT: usize = 64;
+/// How long a silent parent is not asked again: a dead node's session lingers until the
+/// transport's idle timeout (30 s), and asking it costs a whole subscribe timeout while
+/// the stripe goes without a parent.
+const SILENT_FOR: Duration = Duration::from_secs(10);
+/// Chunks of its stripe a new parent sends a child that changed parents: what a dead
+/// parent leaves undelivered between its last chunk and the child's re-subscription
+/// (parent timeout plus a round trip), and no more, so that re-parenting never becomes a
+/// burst on the new parent's uplink.
+const RESUME_STRIPE_CHUNKS: u64 = 8;
 /// Parent candidates queued per stripe.
 const MAX_CANDIDATES: usize = 32;
 /// Peers remembered as tried in one parent search; past this the search forgets them and
@@ -226,11 +238,15 @@ pub struct Node {
     mesh_pending: BTreeMap<NodeId, Instant>,
     passive: BTreeSet<NodeId>,
     banned: BTreeSet<NodeId>,
+    /// Parents we dropped for silence, and when (see [`SILENT_FOR`]).
+    silent: BTreeMap<NodeId, Instant>,
     stripes: Vec<StripeState>,
     buffer: BTreeMap<u64, Held>,
     latest_keyframe: Option<u64>,
     /// First sequence number this node wants (its start); repairs never go below it.
     first_needed: Option<u64>,
+    /// When the first chunk reached us.
+    first_arrival: Option<Instant>,
     pulls: BTreeMap<u64, (NodeId, Instant)>,
     next_tick: Instant,
     ticks: u32,
@@ -271,10 +287,12 @@ impl Node {
             mesh_pending: BTreeMap::new(),
             passive: BTreeSet::new(),
             banned: BTreeSet::new(),
+            silent: BTreeMap::new(),
             stripes: (0..k).map(|_| StripeState::default()).collect(),
             buffer: BTreeMap::new(),
             latest_keyframe: None,
             first_needed: None,
+            first_arrival: None,
             pulls: BTreeMap::new(),
             next_tick: now + phase,
             ticks: 0,
@@ -478,8 +496,8 @@ impl Node {
                     self.add_passive(p.id);
                 }
             }
-            Message::Subscribe { stripe, starting } => {
-                self.on_subscribe(now, from, stripe as usize, starting)
+            Message::Subscribe { stripe, starting, resume_from } => {
+                self.on_subscribe(now, from, stripe as usize, starting, resume_from)
             }
             Message::Accept { stripe } => self.on_accept(now, from, stripe as usize),
             Message::Redirect { stripe, candidates } => {
@@ -549,7 +567,7 @@ impl Node {
         picked
     }
 
-    fn on_subscribe(&mut self, now: Instant, from: NodeId, stripe: usize, starting: bool) {
+    fn on_subscribe(&mut self, now: Instant, from: NodeId, stripe: usize, starting: bool, resume_from: u64) {
         if stripe >= self.k() {
             return;
         }
@@ -559,7 +577,7 @@ impl Node {
         }
         let cap = self.child_capacity(stripe);
         if self.stripes[stripe].children.len() < cap || self.lends_to(stripe, &self.info_of(from)) {
-            self.adopt(now, from, stripe, starting);
+            self.adopt(now, from, stripe, starting, resume_from);
             return;
         }
         // Full. An interior newcomer (one that will forward this stripe) takes the place
@@ -585,7 +603,7 @@ impl Node {
             };
             if let Some(victim) = take {
                 self.stripes[stripe].children.remove(&victim);
-                self.adopt(now, from, stripe, starting);
+                self.adopt(now, from, stripe, starting, resume_from);
                 let mut candidates = vec![newcomer];
                 candidates
                     .extend(self.redirect_candidates(stripe, victim).into_iter().filter(|c| c.id != from));
@@ -598,26 +616,42 @@ impl Node {
         self.send(from, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
     }
 
-    fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize, starting: bool) {
+    fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize, starting: bool, resume_from: u64) {
         self.stripes[stripe].children.insert(child);
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
         // Fast join, for a newcomer only: the latest keyframe chunk itself (whatever its
         // stripe: it can start decoding as soon as any one parent accepts it), then this
         // stripe's chunks after it, oldest first. A node changing parents already has
-        // them; sending them again would only be duplicates in a busy uplink.
-        if let Some(kf) = self.latest_keyframe.filter(|_| starting) {
+        // them; it gets this stripe from `resume_from` instead (what its old parent left
+        // undelivered), within the availability window.
+        let from = if starting {
+            self.latest_keyframe
+        } else {
+            let newest = self.buffer.keys().next_back().copied().unwrap_or(0);
+            Some(resume_from.max(newest.saturating_sub(RESUME_STRIPE_CHUNKS * self.k() as u64)))
+        };
+        if let Some(from) = from {
             let chunks: Vec<Held> = self
                 .buffer
-                .range(kf..)
-                .filter(|(&seq, h)| seq == kf || h.chunk.stripe as usize == stripe)
+                .range(from..)
+                .filter(|(&seq, h)| (starting && seq == from) || h.chunk.stripe as usize == stripe)
                 .map(|(_, h)| h.clone())
                 .collect();
             for h in chunks {
-                self.send_chunk(
-                    now,
-                    child,
-                    Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk },
-                );
+                let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk };
+                if starting {
+                    self.send_chunk(now, child, message);
+                } else {
+                    // Repair for a child that changed parents: behind our live chunks
+                    // (Background), so a burst of it never delays the stream to our other
+                    // children, which would make them give up on us in turn.
+                    self.send_with_deadline(
+                        child,
+                        message,
+                        Class::Background,
+                        Some(now + CHUNK_SEND_DEADLINE),
+                    );
+                }
             }
         }
     }
@@ -745,11 +779,15 @@ impl Node {
     }
 
     fn on_request(&mut self, now: Instant, from: NodeId, seqs: Vec<u64>) {
-        let Some(peer) = self.mesh.get_mut(&from) else {
-            // Pulls are a mesh service; strangers and children use the tree.
-            return;
+        // Pulls are a mesh service; strangers use the tree. The publisher and relays also
+        // serve nodes whose neighbours all lack a chunk (see `repair`), within the same
+        // upload budget.
+        let served_before = match self.mesh.get(&from) {
+            Some(peer) => peer.served,
+            None if self.role != Role::Viewer && !self.banned.contains(&from) => 0,
+            None => return,
         };
-        let budget = MAX_SERVED_PER_PEER_PER_TICK.saturating_sub(peer.served);
+        let budget = MAX_SERVED_PER_PEER_PER_TICK.saturating_sub(served_before);
         let mut served = 0u32;
         for seq in seqs.into_iter().take(MAX_REQUEST) {
             // Within our spare upload; at least one chunk per tick, so a weak node still helps.
@@ -802,6 +840,7 @@ impl Node {
         if self.first_needed.is_none() {
             // We start at the first chunk we get (fast join sends from a keyframe).
             self.first_needed = Some(chunk.seq);
+            self.first_arrival = Some(now);
         }
         if chunk.keyframe && self.latest_keyframe.is_none_or(|k| chunk.seq > k) {
             self.latest_keyframe = Some(chunk.seq);
@@ -892,6 +931,7 @@ impl Node {
             .iter()
             .filter(|(id, m)| {
                 !self.stripes[stripe].tried.contains(id)
+                    && !self.is_silent(now, id)
                     && !self.stripes[stripe].children.contains(id)
                     && if Node::home_stripe(id, self.config.stripes) == stripe {
                         m.have.spare_home > 0
@@ -912,13 +952,16 @@ impl Node {
                 }
             }
             self.stripes[stripe].pending = Some((pick, now));
-            let starting = self.stripes[stripe].latest.is_none();
-            self.send(pick, Message::Subscribe { stripe: stripe as u8, starting }, Class::Control);
+            self.subscribe(pick, stripe);
             return;
         }
         let next = loop {
             let Some(c) = self.stripes[stripe].candidates.pop_front() else { break None };
-            if c != self.me.id && !self.banned.contains(&c) && !self.stripes[stripe].children.contains(&c) {
+            if c != self.me.id
+                && !self.banned.contains(&c)
+                && !self.is_silent(now, &c)
+                && !self.stripes[stripe].children.contains(&c)
+            {
                 break Some(c);
             }
         };
@@ -942,16 +985,55 @@ impl Node {
                 known.sort_by_key(|i| (!self.is_interior_peer(i, stripe), std::cmp::Reverse(i.upload_kbps)));
                 pool.extend(known.into_iter().map(|i| i.id));
             }
+            pool.retain(|id| *id != self.me.id && !self.banned.contains(id) && !self.is_silent(now, id));
             let st = &mut self.stripes[stripe];
             st.candidates = pool.into_iter().take(MAX_CANDIDATES).collect();
             st.candidates.pop_front()
         });
         if let Some(c) = next {
             self.stripes[stripe].pending = Some((c, now));
-            // Nothing of this stripe yet: ask for it from the keyframe on.
-            let starting = self.stripes[stripe].latest.is_none();
-            self.send(c, Message::Subscribe { stripe: stripe as u8, starting }, Class::Control);
+            self.subscribe(c, stripe);
         }
+    }
+
+    /// Roots (publisher, relays) not dropped for silence.
+    fn live_roots(&self, now: Instant) -> Vec<NodeId> {
+        self.roots
+            .iter()
+            .copied()
+            .filter(|id| !self.is_silent(now, id) && !self.banned.contains(id))
+            .collect()
+    }
+
+    fn note_silent(&mut self, now: Instant, id: NodeId) {
+        if self.silent.len() >= MAX_SILENT && !self.silent.contains_key(&id) {
+            if let Some(oldest) = self.silent.iter().min_by_key(|(_, at)| **at).map(|(id, _)| *id) {
+                self.silent.remove(&oldest);
+            }
+        }
+        self.silent.insert(id, now);
+    }
+
+    /// A parent we dropped for silence not long ago: not asked again for now, unless
+    /// every root is silent (then a silent one is still better than none: it may only
+    /// have been slow).
+    fn is_silent(&self, now: Instant, id: &NodeId) -> bool {
+        let recent = |id: &NodeId| {
+            self.silent.get(id).is_some_and(|at| now.saturating_duration_since(*at) < SILENT_FOR)
+        };
+        recent(id) && !self.roots.iter().all(recent)
+    }
+
+    /// Ask `to` to be our parent in `stripe`: from the latest keyframe when we hold
+    /// nothing of the stripe yet, else from the first of its chunks we lack.
+    fn subscribe(&mut self, to: NodeId, stripe: usize) {
+        let latest = self.stripes[stripe].latest;
+        let message = Message::Subscribe {
+            stripe: stripe as u8,
+            starting: latest.is_none(),
+            resume_from: latest.map_or(0, |l| l + self.k() as u64),
+        };
+        self.send(to, message, Class::Control);
     }
 
     /// How long a subscribe may go unanswered.
@@ -962,11 +1044,16 @@ impl Node {
     /// A parent is dead or too slow when nothing came from it in its stripe for this long
     /// while later chunks of other stripes arrived: about three of its chunk intervals.
     fn parent_timeout(&self) -> Duration {
-        (self.config.chunk_duration * self.k() as u32 * 4).max(Duration::from_millis(600))
+        (self.config.chunk_duration * self.k() as u32 * 4).max(Duration::from_millis(300))
     }
 
     fn check_parents(&mut self, now: Instant) {
-        let newest = self.buffer.keys().next_back().copied();
+        // The newest chunk we know exists: held, or advertised by a mesh neighbour. A
+        // neighbour's summary matters when one parent fed every stripe (a relay): if it
+        // dies, nothing newer arrives at all, and only the neighbours tell the stream
+        // went on without us.
+        let advertised = self.mesh.values().map(|m| m.have.latest).filter(|&l| l > 0).max();
+        let newest = self.buffer.keys().next_back().copied().max(advertised);
         for s in 0..self.k() {
             if let Some((p, at)) = self.stripes[s].pending {
                 if now.saturating_duration_since(at) >= self.subscribe_timeout() {
@@ -975,15 +1062,20 @@ impl Node {
                 }
             }
             if let Some(parent) = self.stripes[s].parent {
-                let quiet_since = parent.last_chunk.unwrap_or(parent.since);
+                // A parent cannot be late before the stream reached us at all (a viewer may
+                // join before the publisher starts): count from the later of the two.
+                let quiet_since = parent
+                    .last_chunk
+                    .unwrap_or_else(|| self.first_arrival.map_or(parent.since, |t| t.max(parent.since)));
                 // The stream is flowing (newer chunks keep arriving, by tree or by pull) but
                 // not from this parent.
                 let stripe_behind = match (newest, parent.mark) {
-                    (Some(n), Some(m)) => n >= m + 3 * self.k() as u64,
+                    (Some(n), Some(m)) => n >= m + 2 * self.k() as u64,
                     (Some(_), None) => true,
                     _ => false,
                 };
                 if stripe_behind && now.saturating_duration_since(quiet_since) >= self.parent_timeout() {
+                    self.note_silent(now, parent.id);
                     self.send(parent.id, Message::Unsubscribe { stripe: s as u8 }, Class::Control);
                     self.stripes[s].parent = None;
                     self.stripes[s].note_tried(parent.id);
@@ -1091,8 +1183,15 @@ impl Node {
             if now < due {
                 continue;
             }
-            let holders: Vec<NodeId> =
-                neighbours.iter().filter(|(_, h)| Node::peer_has(h, seq)).map(|(id, _)| *id).collect();
+            // Not from a parent we dropped for silence: its last summary may still list
+            // chunks, but a dead node never answers, and each such pull costs a timeout.
+            let holders: Vec<NodeId> = neighbours
+                .iter()
+                .filter(|(id, h)| Node::peer_has(h, seq) && !self.is_silent(now, id))
+                .map(|(id, _)| *id)
+                .collect();
+            // No neighbour has it: ask a root (the publisher or a relay holds every chunk).
+            let holders = if holders.is_empty() { self.live_roots(now) } else { holders };
             if holders.is_empty() {
                 continue;
             }
@@ -1197,6 +1296,11 @@ impl Node {
 
     pub fn mesh_peers(&self) -> Vec<NodeId> {
         self.mesh.keys().copied().collect()
+    }
+
+    /// A verified chunk we hold (the payload a viewer plays after `NodeEvent::Chunk`).
+    pub fn chunk(&self, seq: u64) -> Option<&Chunk> {
+        self.buffer.get(&seq).map(|held| &held.chunk)
     }
 
     pub fn holds(&self, seq: u64) -> bool {

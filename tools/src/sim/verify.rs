@@ -16,9 +16,8 @@
 //! signed field and the signature exactly. A forged chunk differs in some field, in its
 //! signature or in its payload buffer, so it misses the cache and is verified for real.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rill_swarm::chunk::{ChannelId, Chunk};
 use rill_swarm::node::Verify;
@@ -41,14 +40,22 @@ struct Cache {
     asked: u64,
 }
 
-/// A handle to the shared cache; clone one per node.
+/// A handle to the shared cache; clone one per node. (A mutex, not a `RefCell`, because
+/// verifiers are `Send`: live nodes run on a multi-threaded runtime. The simulator is single
+/// threaded, so the lock is never contended.)
 #[derive(Debug, Clone, Default)]
-pub struct SharedVerifier(Rc<RefCell<Cache>>);
+pub struct SharedVerifier(Arc<Mutex<Cache>>);
 
 impl SharedVerifier {
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        // A panic elsewhere while holding the lock leaves a usable cache (entries are only
+        // ever added whole), so a poisoned lock is taken as is.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// (real verifications, questions answered).
     pub fn counts(&self) -> (u64, u64) {
-        let c = self.0.borrow();
+        let c = self.cache();
         (c.checks, c.asked)
     }
 }
@@ -66,7 +73,7 @@ fn same_chunk(a: &Chunk, b: &Chunk) -> bool {
 
 impl Verify for SharedVerifier {
     fn verify(&mut self, channel: &ChannelId, chunk: &Chunk) -> bool {
-        let mut cache = self.0.borrow_mut();
+        let mut cache = self.cache();
         cache.asked += 1;
         let key = (chunk.seq, chunk.payload.as_ptr() as usize, chunk.payload.len());
         if let Some(list) = cache.entries.get(&key) {
