@@ -1,0 +1,517 @@
+//! The playout buffer: verified chunks in, the stream in sequence order out, each chunk at
+//! its playout deadline. Sans-IO: the caller passes the time in and asks when to call again.
+//!
+//! # Call order
+//! Whenever a verified chunk arrives, [`PlayoutBuffer::insert`] it. Then call
+//! [`PlayoutBuffer::poll_output`] until it returns `None`, writing out what it returns, and
+//! sleep until [`PlayoutBuffer::poll_timeout`] (or the next arrival), then poll again. All
+//! times are µs on the clock of the publisher's `ingest_us` (UNIX time on NTP-synced hosts).
+//! Time should only move forward; if it steps back nothing breaks, output just waits.
+//!
+//! # Rules, and why
+//! - **Start at a keyframe.** Output begins with the first keyframe chunk received: a
+//!   decoder can do nothing with the frames before it. Chunks before it are dropped and
+//!   counted in `chunks_before_start`, not as lost: they were before our start. One
+//!   exception: a viewer that holds the channel's very first chunks (seq 0 up to the
+//!   keyframe) when output begins starts at seq 0, where the publisher's input itself
+//!   started (an encoder's first bytes, e.g. ffmpeg's SDT, may precede its first PAT and
+//!   keyframe); so a viewer present from the start outputs the input exactly.
+//! - **Deadline.** A chunk is due at `ingest_us + latency` (less the clock skew, below).
+//!   Waiting for the deadline rather than sending chunks as they come absorbs the jitter and
+//!   reordering of the swarm, so the output leaves at the pace it was ingested.
+//! - **Order, exactly once.** Output is in strictly increasing seq order. A missing seq (a
+//!   hole) is waited for until the next chunk held after it is due; then the hole is given
+//!   up, counted in `lost_chunks` and skipped. Chunks hold whole MPEG-TS packets, so
+//!   skipping chunks skips whole packets and the decoder resynchronises at once. A chunk
+//!   that arrives after its seq was output or given up is dropped and counted
+//!   (`duplicate_chunks` or `late_chunks`).
+//! - **Catch-up.** When the oldest chunk due is more than `max_behind` past its deadline
+//!   (the output stalled, or the start was far behind), the buffer skips to the newest held
+//!   keyframe whose deadline is within `max_behind`, or, if none is held but newer data is
+//!   arriving on time, waits for the next keyframe. Skipped seqs count as lost and in
+//!   `skipped_for_catch_up`. Without this a stall would add to the lag for the rest of the
+//!   session. If even the newest data held is more than `max_behind` late (the swarm
+//!   delivers it that late), skipping would gain nothing, so output continues in order.
+//! - **Bounded.** At most `max_buffered_chunks` chunks are held; at the bound the lowest seq
+//!   is evicted (`chunks_dropped_full`): it is the one a catch-up would skip first, and
+//!   keeping the newest keeps the live edge. The keyframe that output starts or resumes at
+//!   is never evicted. The bound is for memory, not a tuning knob: it should hold
+//!   `latency + max_behind` of chunks with room to spare (the default, 4096, holds over a
+//!   minute of 25 ms chunks); a smaller one evicts chunks before they are due.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::histogram::LagHistogram;
+
+/// How late after its deadline a chunk may leave and still count as on time in the
+/// continuity index, and not as a stall: 20 ms. The driver wakes at `poll_timeout`, but
+/// timers (tokio's have 1 ms granularity) and scheduling make it a little late; the player's
+/// own input buffer hides far more than this.
+pub const ON_TIME_SLACK_US: u64 = 20_000;
+
+/// Chunks kept below the first keyframe in case they are the channel's beginning: the
+/// few chunks an encoder writes before its first keyframe (64 is 1.6 s of 25 ms chunks).
+const MAX_STREAM_HEAD_CHUNKS: u64 = 64;
+
+/// How many seqs below the next one to output remember whether they were output or given
+/// up, to tell a duplicate from a late chunk: 4096 (512 bytes). Older seqs are counted late.
+const OUTCOME_WINDOW: u64 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayoutConfig {
+    /// Target playout lag: a chunk leaves at its ingest time plus this. Default 1 s.
+    pub latency: Duration,
+    /// Bound on chunks held. Default 4096 (over a minute of 25 ms chunks). At least 1.
+    pub max_buffered_chunks: usize,
+    /// How far past its deadline output may run before the buffer skips to a newer
+    /// keyframe. Default 2 s.
+    pub max_behind: Duration,
+}
+
+impl Default for PlayoutConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_secs(1),
+            max_buffered_chunks: 4096,
+            max_behind: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A verified chunk, as the playout buffer needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PlayoutChunk {
+    pub seq: u64,
+    /// Publisher's clock when it ingested the chunk's last byte, µs.
+    pub ingest_us: u64,
+    /// The payload starts with a keyframe.
+    pub keyframe: bool,
+    /// Whole MPEG-TS packets.
+    pub payload: Bytes,
+}
+
+impl std::fmt::Debug for PlayoutChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlayoutChunk")
+            .field("seq", &self.seq)
+            .field("ingest_us", &self.ingest_us)
+            .field("keyframe", &self.keyframe)
+            .field("len", &self.payload.len())
+            .finish()
+    }
+}
+
+impl From<rill_swarm::chunk::Chunk> for PlayoutChunk {
+    fn from(chunk: rill_swarm::chunk::Chunk) -> Self {
+        Self { seq: chunk.seq, ingest_us: chunk.ingest_us, keyframe: chunk.keyframe, payload: chunk.payload }
+    }
+}
+
+/// Counters of a [`PlayoutBuffer`] (names as in shared/METRICS.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlayoutStats {
+    /// Chunks output.
+    pub chunks_out: u64,
+    /// Payload bytes output.
+    pub bytes_out: u64,
+    /// Seqs after the start that were never output: holes given up, seqs skipped to catch
+    /// up, chunks evicted at the bound and then given up. Each seq counts once.
+    pub lost_chunks: u64,
+    /// Chunks that arrived after their seq had been given up (or too long ago to tell).
+    pub late_chunks: u64,
+    /// Chunks that arrived while held or after being output.
+    pub duplicate_chunks: u64,
+    /// Of `lost_chunks`, the seqs skipped by catch-up.
+    pub skipped_for_catch_up: u64,
+    /// Chunks evicted (or refused) because `max_buffered_chunks` were held.
+    pub chunks_dropped_full: u64,
+    /// Chunks dropped because their seq is before the keyframe output started at.
+    pub chunks_before_start: u64,
+    /// `now_us` of the first output (startup delay is this minus when watching began).
+    pub first_output_us: Option<u64>,
+    pub buffered_chunks: usize,
+    /// Ingest time of the newest held chunk minus the oldest, µs.
+    pub buffered_us: u64,
+    /// Playout lag of the last chunk output, µs.
+    pub last_playout_lag_us: Option<u64>,
+    /// Playout lag of every chunk output, µs.
+    pub playout_lag: LagHistogram,
+    /// Time after startup during which a chunk was due and not yet output, µs: the
+    /// stalled time of METRICS.md as this viewer sees it. Counted when the stall ends.
+    pub stalled_us: u64,
+    /// How far our clock is known to be behind the publisher's, µs (see `PlayoutBuffer`).
+    pub skew_us: u64,
+    /// Chunks output after startup (deadline after the first output), and of those, the
+    /// ones output by their deadline plus [`ON_TIME_SLACK_US`].
+    pub chunks_due_after_startup: u64,
+    pub chunks_on_time: u64,
+    /// Of `lost_chunks`, those lost after startup.
+    pub lost_after_startup: u64,
+}
+
+impl PlayoutStats {
+    /// Continuity index (METRICS.md): chunks output on time (by deadline +
+    /// [`ON_TIME_SLACK_US`]) over chunks output plus chunks lost, after startup. Startup is
+    /// the backlog that was already due when output began (fast join hands a viewer the
+    /// current keyframe group, which is due at once): it is late by construction and is
+    /// what startup delay measures. None until a chunk after startup was output or lost.
+    pub fn continuity_index(&self) -> Option<f64> {
+        let total = self.chunks_due_after_startup + self.lost_after_startup;
+        (total > 0).then(|| self.chunks_on_time as f64 / total as f64)
+    }
+}
+
+/// See the module documentation for the rules.
+///
+/// # Clock skew
+/// No chunk is ingested after it arrives, so a chunk that arrives with
+/// `now_us < ingest_us` proves our clock is behind the publisher's by at least
+/// `ingest_us - now_us`. The buffer keeps the largest such difference, `skew_us`, and reads
+/// the publisher's clock as `now_us + skew_us`: deadlines in our clock are
+/// `ingest_us + latency - skew_us`, and playout lag is `now_us + skew_us - ingest_us`.
+/// Without this, a viewer whose clock is behind by S would hold every chunk S too long
+/// (lag `latency + S`). With it the residual error is at most the one-way delay of the
+/// chunk that set the skew, and never makes output early. (A clock ahead of the publisher's
+/// cannot be told apart from network delay; on one machine or NTP-synced hosts it is small.)
+#[derive(Debug)]
+pub struct PlayoutBuffer {
+    latency_us: u64,
+    max_behind_us: u64,
+    /// ≥ 1.
+    max_buffered_chunks: usize,
+    /// Chunks held, by seq. Bound: `max_buffered_chunks`. After the start every key is
+    /// ≥ `next_seq`.
+    held: BTreeMap<u64, PlayoutChunk>,
+    /// Until the first output: chunks below the start keyframe, kept in case they turn out
+    /// to be the whole beginning of the channel (seq 0 onward). At most
+    /// [`MAX_STREAM_HEAD_CHUNKS`]; emptied at the first output.
+    stream_head: BTreeMap<u64, PlayoutChunk>,
+    /// Before the first keyframe: None. Then the seq of the next chunk to output.
+    next_seq: Option<u64>,
+    /// The seq output started at (meaningful once `next_seq` is set).
+    start_seq: u64,
+    skew_us: u64,
+    /// For seqs in `[next_seq - OUTCOME_WINDOW, next_seq)`: bit `seq % OUTCOME_WINDOW` is set
+    /// if the seq was output, clear if it was given up.
+    output_bits: [u64; (OUTCOME_WINDOW / 64) as usize],
+    /// Set by `poll_output` while catch-up waits for a keyframe to arrive: when to look
+    /// again if none does. Any insert clears it so the new chunk is considered.
+    awaiting_keyframe_until_us: Option<u64>,
+    /// Set when catch-up found nothing fresher to skip to. Until the next insert that stays
+    /// true (time only makes chunks staler), so polls skip the O(held) search.
+    in_order_until_insert: bool,
+    /// Stalled time is counted up to here (stall intervals may overlap; each µs once).
+    stall_counted_until_us: u64,
+    stats: PlayoutStats,
+}
+
+/// What catch-up decides when the oldest due chunk is more than `max_behind` late.
+enum CatchUp {
+    /// Skip to this keyframe seq.
+    SkipTo(u64),
+    /// Nothing fresh enough to skip to yet, but fresh data is arriving: output nothing and
+    /// look again at this time (when the newest chunk held goes stale).
+    AwaitKeyframe { until_us: u64 },
+    /// Everything held is late; skipping would not get closer to live.
+    PlayInOrder,
+}
+
+impl PlayoutBuffer {
+    pub fn new(config: PlayoutConfig) -> Self {
+        Self {
+            latency_us: duration_us(config.latency),
+            max_behind_us: duration_us(config.max_behind),
+            max_buffered_chunks: config.max_buffered_chunks.max(1),
+            held: BTreeMap::new(),
+            stream_head: BTreeMap::new(),
+            next_seq: None,
+            start_seq: 0,
+            skew_us: 0,
+            output_bits: [0; (OUTCOME_WINDOW / 64) as usize],
+            awaiting_keyframe_until_us: None,
+            in_order_until_insert: false,
+            stall_counted_until_us: 0,
+            stats: PlayoutStats::default(),
+        }
+    }
+
+    /// A verified chunk arrived at `now_us`.
+    pub fn insert(&mut self, now_us: u64, chunk: PlayoutChunk) {
+        self.skew_us = self.skew_us.max(chunk.ingest_us.saturating_sub(now_us));
+        self.awaiting_keyframe_until_us = None;
+        self.in_order_until_insert = false;
+        // seq u64::MAX would need 2^64 chunks before it; refusing it keeps `seq + 1`
+        // (the next seq to output) from overflowing.
+        if chunk.seq == u64::MAX {
+            self.stats.late_chunks += 1;
+            return;
+        }
+        match self.next_seq {
+            None if chunk.keyframe => {
+                // Output starts here; what is held before it is before our start.
+                let from_start = self.held.split_off(&chunk.seq);
+                let before = std::mem::replace(&mut self.held, from_start);
+                for (seq, c) in before {
+                    self.keep_stream_head(seq, c);
+                }
+                self.start_seq = chunk.seq;
+                self.next_seq = Some(chunk.seq);
+            }
+            None => {}
+            Some(_) if chunk.seq < self.start_seq => {
+                if self.stats.chunks_out == 0 {
+                    self.keep_stream_head(chunk.seq, chunk);
+                } else {
+                    self.stats.chunks_before_start += 1;
+                }
+                return;
+            }
+            Some(next_seq) if chunk.seq < next_seq => {
+                if next_seq - chunk.seq <= OUTCOME_WINDOW && self.was_output(chunk.seq) {
+                    self.stats.duplicate_chunks += 1;
+                } else {
+                    self.stats.late_chunks += 1;
+                }
+                return;
+            }
+            Some(_) => {}
+        }
+        if self.held.contains_key(&chunk.seq) {
+            self.stats.duplicate_chunks += 1;
+            return;
+        }
+        if self.held.len() >= self.max_buffered_chunks && !self.evict_for(&chunk) {
+            return;
+        }
+        self.held.insert(chunk.seq, chunk);
+    }
+
+    /// At the bound: evicts the lowest seq held to make room for `chunk`, or refuses
+    /// `chunk` if it is lower still (false). The keyframe output starts or resumes at (the
+    /// chunk at `next_seq`) is never the one evicted, so output still begins at a keyframe.
+    fn evict_for(&mut self, chunk: &PlayoutChunk) -> bool {
+        self.stats.chunks_dropped_full += 1;
+        let protected = self.next_seq.filter(|seq| self.held.get(seq).is_some_and(|c| c.keyframe));
+        let newcomer_protected = self.next_seq == Some(chunk.seq) && chunk.keyframe;
+        // At most one seq is protected, so this looks at no more than two keys.
+        let victim = self.held.keys().copied().find(|&seq| Some(seq) != protected);
+        match victim {
+            Some(seq) if newcomer_protected || seq < chunk.seq => {
+                self.held.remove(&seq);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The next chunk to output, in sequence order, once due. Call until None.
+    pub fn poll_output(&mut self, now_us: u64) -> Option<PlayoutChunk> {
+        let mut next_seq = self.next_seq?;
+        self.awaiting_keyframe_until_us = None;
+        loop {
+            let (&first_seq, first) = self.held.first_key_value()?;
+            let first_deadline_us = self.deadline_us(first.ingest_us);
+            if now_us > first_deadline_us.saturating_add(self.max_behind_us) && !self.in_order_until_insert {
+                match self.catch_up(now_us, first_seq) {
+                    CatchUp::SkipTo(keyframe_seq) => {
+                        self.give_up(now_us, next_seq, keyframe_seq, first_deadline_us, true);
+                        next_seq = keyframe_seq;
+                        continue;
+                    }
+                    CatchUp::AwaitKeyframe { until_us } => {
+                        self.awaiting_keyframe_until_us = Some(until_us);
+                        return None;
+                    }
+                    CatchUp::PlayInOrder => self.in_order_until_insert = true,
+                }
+            }
+            if first_deadline_us > now_us {
+                return None;
+            }
+            if self.stats.chunks_out == 0 && self.start_from_stream_head() {
+                next_seq = 0;
+                continue;
+            }
+            // A hole before the first held chunk is given up now that the chunk is due.
+            self.give_up(now_us, next_seq, first_seq, first_deadline_us, false);
+            let (_, chunk) = self.held.pop_first()?;
+            self.emit(now_us, &chunk);
+            return Some(chunk);
+        }
+    }
+
+    /// Before the first output: keep a chunk below the start keyframe if it may belong to
+    /// the channel's beginning, else count it as before our start.
+    fn keep_stream_head(&mut self, seq: u64, chunk: PlayoutChunk) {
+        if seq < MAX_STREAM_HEAD_CHUNKS && !self.stream_head.contains_key(&seq) {
+            // seq < MAX_STREAM_HEAD_CHUNKS bounds the map to that many entries.
+            self.stream_head.insert(seq, chunk);
+        } else {
+            self.stats.chunks_before_start += 1;
+        }
+    }
+
+    /// At the first output: if every chunk from seq 0 to the start keyframe is held, output
+    /// starts at seq 0 (returns true); otherwise those chunks are before our start.
+    fn start_from_stream_head(&mut self) -> bool {
+        let head = std::mem::take(&mut self.stream_head);
+        let complete = self.start_seq > 0
+            && head.len() as u64 == self.start_seq
+            && head.keys().copied().eq(0..self.start_seq);
+        if !complete {
+            self.stats.chunks_before_start += head.len() as u64;
+            return false;
+        }
+        self.held.extend(head);
+        self.start_seq = 0;
+        self.next_seq = Some(0);
+        true
+    }
+
+    /// When `poll_output` may next return something (µs), if anything is buffered. May be
+    /// in the past: then poll now.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.next_seq?;
+        let (_, first) = self.held.first_key_value()?;
+        Some(self.awaiting_keyframe_until_us.unwrap_or_else(|| self.deadline_us(first.ingest_us)))
+    }
+
+    pub fn stats(&self) -> PlayoutStats {
+        let mut stats = self.stats.clone();
+        stats.buffered_chunks = self.held.len();
+        stats.buffered_us = match (self.held.first_key_value(), self.held.last_key_value()) {
+            (Some((_, oldest)), Some((_, newest))) => newest.ingest_us.saturating_sub(oldest.ingest_us),
+            _ => 0,
+        };
+        stats.skew_us = self.skew_us;
+        stats
+    }
+
+    /// Deadline in our clock of a chunk ingested at `ingest_us` (see Clock skew).
+    fn deadline_us(&self, ingest_us: u64) -> u64 {
+        ingest_us.saturating_add(self.latency_us).saturating_sub(self.skew_us)
+    }
+
+    /// Whether a chunk with this deadline is still within `max_behind` of it at `now_us`.
+    fn fresh(&self, now_us: u64, deadline_us: u64) -> bool {
+        deadline_us.saturating_add(self.max_behind_us) >= now_us
+    }
+
+    fn catch_up(&self, now_us: u64, first_seq: u64) -> CatchUp {
+        let newer = self.held.range(first_seq + 1..).rev();
+        let target = newer
+            .filter(|(_, c)| c.keyframe && self.fresh(now_us, self.deadline_us(c.ingest_us)))
+            .map(|(&seq, _)| seq)
+            .next();
+        if let Some(seq) = target {
+            return CatchUp::SkipTo(seq);
+        }
+        // The held map is not empty here (the caller holds its first entry).
+        match self.held.last_key_value() {
+            Some((_, newest)) => {
+                let newest_deadline_us = self.deadline_us(newest.ingest_us);
+                if self.fresh(now_us, newest_deadline_us) {
+                    CatchUp::AwaitKeyframe {
+                        until_us: newest_deadline_us.saturating_add(self.max_behind_us).saturating_add(1),
+                    }
+                } else {
+                    CatchUp::PlayInOrder
+                }
+            }
+            None => CatchUp::PlayInOrder,
+        }
+    }
+
+    /// Gives up seqs `from..to` (counted lost), dropping what is held of them.
+    /// `due_us` is the earliest deadline among them we know of, for stall accounting.
+    fn give_up(&mut self, now_us: u64, from: u64, to: u64, due_us: u64, catch_up: bool) {
+        if to <= from {
+            return;
+        }
+        let lost = to - from;
+        self.stats.lost_chunks += lost;
+        if catch_up {
+            self.stats.skipped_for_catch_up += lost;
+            // Output stood still from the first skipped chunk's deadline until now.
+            self.count_stall(due_us.saturating_add(ON_TIME_SLACK_US), now_us);
+        }
+        if let Some(first_output_us) = self.stats.first_output_us {
+            // A hole's own deadline is unknown; the chunk after it (due at `due_us`)
+            // stands in for it.
+            if catch_up || due_us > first_output_us {
+                self.stats.lost_after_startup += lost;
+            }
+        }
+        let kept = self.held.split_off(&to);
+        self.held = kept;
+        if lost >= OUTCOME_WINDOW {
+            self.output_bits = [0; (OUTCOME_WINDOW / 64) as usize];
+        } else {
+            for seq in from..to {
+                self.set_outcome(seq, false);
+            }
+        }
+        self.next_seq = Some(to);
+    }
+
+    fn emit(&mut self, now_us: u64, chunk: &PlayoutChunk) {
+        let deadline_us = self.deadline_us(chunk.ingest_us);
+        let first_output_us = *self.stats.first_output_us.get_or_insert(now_us);
+        if self.stall_counted_until_us < first_output_us {
+            // Waiting before the first output is startup delay, not stall.
+            self.stall_counted_until_us = first_output_us;
+        }
+        if deadline_us > first_output_us {
+            self.stats.chunks_due_after_startup += 1;
+            if now_us <= deadline_us.saturating_add(ON_TIME_SLACK_US) {
+                self.stats.chunks_on_time += 1;
+            }
+        }
+        self.count_stall(deadline_us.saturating_add(ON_TIME_SLACK_US), now_us);
+        let lag_us = now_us.saturating_add(self.skew_us).saturating_sub(chunk.ingest_us);
+        self.stats.playout_lag.record(lag_us);
+        self.stats.last_playout_lag_us = Some(lag_us);
+        self.stats.chunks_out += 1;
+        self.stats.bytes_out += chunk.payload.len() as u64;
+        self.set_outcome(chunk.seq, true);
+        self.next_seq = Some(chunk.seq + 1);
+    }
+
+    /// Adds `[from_us, to_us)` to stalled time, except what is already counted.
+    fn count_stall(&mut self, from_us: u64, to_us: u64) {
+        if self.stats.first_output_us.is_none() {
+            return;
+        }
+        let from_us = from_us.max(self.stall_counted_until_us);
+        if to_us > from_us {
+            self.stats.stalled_us += to_us - from_us;
+            self.stall_counted_until_us = to_us;
+        }
+    }
+
+    fn set_outcome(&mut self, seq: u64, output: bool) {
+        let bit = seq % OUTCOME_WINDOW;
+        let word = &mut self.output_bits[(bit / 64) as usize];
+        if output {
+            *word |= 1 << (bit % 64);
+        } else {
+            *word &= !(1 << (bit % 64));
+        }
+    }
+
+    fn was_output(&self, seq: u64) -> bool {
+        let bit = seq % OUTCOME_WINDOW;
+        self.output_bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+    }
+}
+
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+#[path = "playout_tests.rs"]
+mod tests;
