@@ -4,10 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
-mod node_key;
-mod sim;
-mod table;
+use rill_tools::{bench, live, sim};
 
 #[derive(Debug, Parser)]
 #[command(name = "rill", version, about = "Peer-to-peer live streaming with the least delay physics allows")]
@@ -23,6 +20,17 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Create a channel key (Ed25519, file mode 0600) and print the channel id.
+    Keygen(live::keygen::KeygenArgs),
+    /// Publish a live channel from MPEG-TS (stdin, a file, udp://); prints the channel link.
+    Publish(live::publish::PublishArgs),
+    /// Watch a channel: write its MPEG-TS to stdout, a file, udp://, or serve it over HTTP.
+    Watch(live::watch::WatchArgs),
+    /// Run a headless relay node for a channel, with Prometheus metrics.
+    Relay(live::relay::RelayArgs),
+    /// A publisher, relays and viewers on this machine over real UDP, with a live table;
+    /// one viewer serves the stream over HTTP for a player.
+    Demo(live::demo::DemoArgs),
     /// Simulate a whole swarm of real nodes on a virtual network, deterministically, and
     /// print its figures (names from shared/METRICS.md).
     Sim(sim::SimArgs),
@@ -46,6 +54,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench { what } => bench::run(what).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => sim::run(&args),
+        Command::Keygen(args) => live::keygen::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Publish(args) => live::publish::run(&args),
+        Command::Watch(args) => live::watch::run(&args),
+        Command::Relay(args) => live::relay::run(&args),
+        Command::Demo(args) => live::demo::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+mod relay;
 mod transport;
 
 #[derive(Debug, Subcommand)]
@@ -11,6 +12,9 @@ pub enum BenchCommand {
     /// The transport alone: real UDP on loopback, a virtual bottleneck, competing flows,
     /// or two processes across a real path (--listen on one side, --connect on the other).
     Transport(TransportArgs),
+    /// A relay forwarding a stream to many viewers over real UDP on loopback: CPU per
+    /// gigabit forwarded (cpu_per_gbit) and the viewers' arrival lag.
+    Relay(relay::RelayArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,5 +78,6 @@ pub struct TransportArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Transport(args) => transport::run(&args),
+        BenchCommand::Relay(args) => relay::run(&args),
     }
 }

@@ -1,0 +1,214 @@
+//! What `publish`, `watch`, `relay` and `demo` share: node flags, the shutdown signal,
+//! the status line and `--stats-json`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use rill_transport::crypto::identity::NodeKey;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use super::node::NodeSnapshot;
+use rill_viewer::LagHistogram;
+
+/// Flags every live node takes.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// UDP address to listen on (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    pub listen: SocketAddr,
+    /// Address other nodes should use to reach this one, if not the listening one (behind
+    /// a port forward, or to pick one interface of several).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<SocketAddr>,
+    /// Upload this node offers the swarm, kbit/s (sizes how many peers it feeds).
+    #[arg(long, value_name = "KBPS")]
+    pub upload_kbps: Option<u32>,
+    /// Append one JSON object of figures per second to FILE (names from METRICS.md).
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// No status line on stderr even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A node key that lives only as long as the process: viewers need no stable identity
+/// (no link names them), and several on one machine must not share one.
+pub fn ephemeral_node_key() -> Result<Arc<NodeKey>> {
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(&mut secret[..])
+        .map_err(|_| anyhow::anyhow!("the operating system random number generator failed"))?;
+    Ok(Arc::new(NodeKey::from_secret_bytes(*secret)))
+}
+
+/// A fresh channel key that lives only as long as the process (`rill demo`, benchmarks).
+pub fn random_channel_key() -> Result<rill_swarm::chunk::ChannelKey> {
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(&mut secret[..])
+        .map_err(|_| anyhow::anyhow!("the operating system random number generator failed"))?;
+    Ok(rill_swarm::chunk::ChannelKey::from_bytes(*secret))
+}
+
+/// A seed for the node's RNGs (which are deterministic given it, as in the simulator).
+pub fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing OS RNG would already have failed the key; fall back to the clock.
+    if SystemRandom::new().fill(&mut b).is_err() {
+        return super::node::unix_now_us();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// A watch channel that turns true on Ctrl-C or SIGTERM.
+pub fn shutdown_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    let (tx, rx) = watch::channel(false);
+    let signal_tx = tx.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = signal_tx.send(true);
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = signal_tx.send(true);
+    });
+    (tx, rx)
+}
+
+/// The live status line on stderr (only on a terminal, and not with `--quiet`).
+#[derive(Debug)]
+pub struct StatusLine {
+    enabled: bool,
+    shown: bool,
+}
+
+impl StatusLine {
+    pub fn new(quiet: bool) -> Self {
+        StatusLine { enabled: !quiet && std::io::stderr().is_terminal(), shown: false }
+    }
+
+    pub fn show(&mut self, line: &str) {
+        if self.enabled {
+            // Carriage return and erase-line: plain VT100 controls, not colour, so NO_COLOR
+            // does not apply; a non-terminal never gets them.
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+            self.shown = true;
+        }
+    }
+
+    /// End the status line so that what follows starts on a fresh line.
+    pub fn finish(&mut self) {
+        if self.shown {
+            eprintln!();
+            self.shown = false;
+        }
+    }
+}
+
+/// `--stats-json FILE`: one JSON object per line, appended.
+#[derive(Debug)]
+pub struct StatsJson {
+    file: File,
+    path: PathBuf,
+}
+
+impl StatsJson {
+    pub fn open(path: &std::path::Path) -> Result<StatsJson> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open --stats-json file {}", path.display()))?;
+        Ok(StatsJson { file, path: path.to_path_buf() })
+    }
+
+    pub fn write(&mut self, object: &Map<String, Value>) -> Result<()> {
+        let mut line = serde_json::to_vec(object)?;
+        line.push(b'\n');
+        self.file.write_all(&line).with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// Milliseconds with 0.1 ms resolution, from µs.
+pub fn ms(us: u64) -> f64 {
+    (us as f64 / 100.0).round() / 10.0
+}
+
+/// `{p50, p95, p99, max}` in ms of a µs histogram (nulls when empty).
+pub fn lag_json(h: &LagHistogram) -> Value {
+    let p = |q: f64| h.percentile_us(q).map(ms);
+    json!({ "p50": p(0.5), "p95": p(0.95), "p99": p(0.99), "max": h.max_us().map(ms) })
+}
+
+/// The node's figures as JSON (METRICS.md names), with rates over `interval` from the
+/// previous snapshot.
+pub fn node_json(now: &NodeSnapshot, before: &NodeSnapshot, interval: Duration) -> Map<String, Value> {
+    let secs = interval.as_secs_f64().max(1e-3);
+    let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 * 8.0 / secs).round();
+    let dup = &now.swarm;
+    let duplicate_ratio = if dup.useful_payload_bytes > 0 {
+        dup.duplicate_payload_bytes as f64 / dup.useful_payload_bytes as f64
+    } else {
+        0.0
+    };
+    let received = now.arrival_lag.count();
+    let mut m = Map::new();
+    m.insert("uptime_s".into(), json!((now.uptime.as_secs_f64() * 10.0).round() / 10.0));
+    m.insert("node_id".into(), json!(now.node_id));
+    m.insert("peers".into(), json!(now.peers));
+    m.insert("mesh_peers".into(), json!(now.mesh_peers));
+    m.insert("parents".into(), json!(now.parents));
+    m.insert("children".into(), json!(now.children));
+    m.insert("chunks_received".into(), json!(received));
+    m.insert("chunks_published".into(), json!(now.chunks_published));
+    m.insert("arrival_lag_ms".into(), lag_json(&now.arrival_lag));
+    m.insert(
+        "hop_count_mean".into(),
+        json!(if received > 0 { now.hop_count_sum as f64 / received as f64 } else { 0.0 }),
+    );
+    m.insert("duplicate_ratio".into(), json!((duplicate_ratio * 1000.0).round() / 1000.0));
+    m.insert("forged_chunks".into(), json!(now.swarm.forged_chunks));
+    m.insert("reparents".into(), json!(now.swarm.reparents));
+    m.insert("upload_bps".into(), json!(rate(now.bytes_sent, before.bytes_sent)));
+    m.insert("download_bps".into(), json!(rate(now.bytes_received, before.bytes_received)));
+    m.insert("bytes_sent".into(), json!(now.bytes_sent));
+    m.insert("bytes_received".into(), json!(now.bytes_received));
+    m.insert("handshake_failures".into(), json!(now.handshake_failures));
+    m.insert("malformed_messages".into(), json!(now.malformed_messages));
+    m.insert("send_failures".into(), json!(now.send_failures));
+    m
+}
+
+/// Bits per second in a short human form: "4.1 Mbit/s".
+pub fn human_rate(bps: f64) -> String {
+    if bps >= 1e9 {
+        format!("{:.2} Gbit/s", bps / 1e9)
+    } else if bps >= 1e6 {
+        format!("{:.1} Mbit/s", bps / 1e6)
+    } else {
+        format!("{:.0} kbit/s", bps / 1e3)
+    }
+}

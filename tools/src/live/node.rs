@@ -1,0 +1,522 @@
+//! One live node over real UDP: the swarm state machine (`rill_swarm::node::Node`), the
+//! transport endpoint (`rill_transport::Endpoint`) and its UDP driver, in one task.
+//!
+//! This file only translates between them; neither protocol's logic lives here:
+//! - swarm `Transmit`s go to the peer's session (opened with Noise IK to the node id the
+//!   swarm names, so only that node can answer), one transport message per swarm message,
+//!   in the swarm's class and with its deadline;
+//! - transport messages are decoded and handed to the swarm as from the session's
+//!   authenticated node id (never from an id a message claims);
+//! - a session that closes makes the peer lost to the swarm unless another session to the
+//!   same node remains;
+//! - verified chunks the swarm reports go to the application (a viewer's playout) through
+//!   a bounded channel; a publisher's signed chunks come in through another.
+//!
+//! Clock: chunk `ingest_us` is UNIX time in µs (see [`unix_now_us`]), so arrival lag is the
+//! same figure on one machine (and, with synchronised clocks, across machines) as
+//! shared/METRICS.md defines it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use rill_swarm::chunk::{ChannelId, Chunk, Ed25519Verifier};
+use rill_swarm::message::{Message, PeerInfo};
+use rill_swarm::node::{Node, NodeConfig, NodeEvent, NodeStats, Role};
+use rill_swarm::NodeId;
+use rill_transport::crypto::handshake::Psk;
+use rill_transport::crypto::identity::NodeKey;
+use rill_transport::driver::{SocketOptions, StepOutcome, UdpDriver};
+use rill_transport::EndpointConfig;
+use rill_transport::{Endpoint, Event, SendOptions, SessionId};
+use tokio::sync::{mpsc, watch};
+
+use rill_viewer::LagHistogram;
+
+/// Chunks queued from the node to the application (a viewer's playout). 1024 chunks are
+/// 25 s of stream at 25 ms chunks: the playout task drains it far faster than that, so a
+/// full channel means the application is stuck; chunks beyond are dropped and counted.
+pub const OUTPUT_QUEUE_CHUNKS: usize = 1024;
+
+/// How often the node publishes its figures for status lines and `/metrics`.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// After a shutdown request, how long queued messages (a `Leave` to every neighbour) get
+/// to leave before the socket closes.
+const LINGER: Duration = Duration::from_millis(300);
+
+/// µs since the UNIX epoch: the clock of chunk ingest timestamps. On one machine all nodes
+/// read the same clock; across machines it is as good as their time synchronisation.
+pub fn unix_now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub role: Role,
+    /// UDP address to bind (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Address other nodes reach us at, if not the bound one (e.g. bound to 0.0.0.0).
+    pub advertise: Option<SocketAddr>,
+    pub node_key: Arc<NodeKey>,
+    pub channel: ChannelId,
+    pub bootstrap: Vec<(NodeId, SocketAddr)>,
+    pub stripes: u8,
+    pub stream_kbps: u32,
+    pub upload_kbps: u32,
+    pub psk: Option<[u8; 32]>,
+    /// Seeds the swarm's and the endpoint's RNGs (randomness is injected, as in the sim).
+    pub seed: u64,
+}
+
+/// Stripes' chunk duration the swarm's timers assume when nothing better is known (the
+/// publisher's chunker closes chunks at 25 ms by default).
+pub const CHUNK_DURATION: Duration = Duration::from_millis(25);
+
+/// Mesh neighbours (HyParView's active view: log(N) + c, about 5–8 for thousands of nodes).
+pub const MESH_SIZE: usize = 8;
+
+/// Figures of a running node, refreshed every [`SNAPSHOT_INTERVAL`]. Names follow
+/// shared/METRICS.md.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSnapshot {
+    pub node_id: String,
+    pub local_addr: Option<SocketAddr>,
+    /// Authenticated sessions.
+    pub peers: usize,
+    pub mesh_peers: usize,
+    /// Stripes with a tree parent, and stripes in all.
+    pub parents: usize,
+    pub stripes: usize,
+    pub children: usize,
+    pub swarm: NodeStats,
+    /// Arrival lag of every chunk received, µs.
+    pub arrival_lag: LagHistogram,
+    pub hop_count_sum: u64,
+    pub chunks_published: u64,
+    pub latest_seq: Option<u64>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    pub send_syscalls: u64,
+    pub recv_syscalls: u64,
+    /// Swarm messages that did not decode (the session that sent one is closed).
+    pub malformed_messages: u64,
+    /// Swarm messages the transport could not queue (send buffer full, session gone).
+    pub send_failures: u64,
+    /// Verified chunks the application did not take in time (output queue full).
+    pub output_dropped: u64,
+    /// Transport handshake failures (wrong psk, wrong node key, forged packets).
+    pub handshake_failures: u64,
+    pub auth_failures: u64,
+    pub uptime: Duration,
+    /// CPU time of the thread running the node task (meaningful when the task has a
+    /// thread of its own, as in `rill bench relay`).
+    pub thread_cpu: Duration,
+    /// The user-space part of `thread_cpu`.
+    pub thread_cpu_user: Duration,
+}
+
+/// User CPU time of the calling thread (`getrusage(RUSAGE_THREAD)`; zero off Linux).
+fn thread_user_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+        let u = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+            u
+        };
+        Duration::new(u.ru_utime.tv_sec as u64, u.ru_utime.tv_usec as u32 * 1000)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Duration::ZERO
+    }
+}
+
+/// A node's task. Build with [`LiveNode::bind`], then [`LiveNode::run`].
+#[derive(Debug)]
+pub struct LiveNode {
+    endpoint: Endpoint,
+    driver: UdpDriver,
+    swarm: Node,
+    local_addr: SocketAddr,
+    /// The session each peer is reached on. A peer may have more than one session for a
+    /// while (both opened at once on different addresses); `by_session` knows all of them.
+    by_node: BTreeMap<NodeId, SessionId>,
+    by_session: BTreeMap<SessionId, NodeId>,
+    /// Sessions whose handshake completed (the rest are still connecting).
+    established: BTreeSet<SessionId>,
+    snapshot: NodeSnapshot,
+    started: Instant,
+}
+
+/// Why `run` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The publisher's input ended (and the node lingered for peers to fetch the tail).
+    InputEnded,
+}
+
+impl LiveNode {
+    /// Bind the UDP socket and set up the node. Must run inside a tokio runtime.
+    pub fn bind(opts: &NodeOptions) -> Result<LiveNode> {
+        let driver = UdpDriver::bind(opts.listen, &SocketOptions::default())
+            .with_context(|| format!("cannot listen on udp {}", opts.listen))?;
+        let bound = driver.local_addr()?;
+        let local_addr = opts.advertise.unwrap_or_else(|| advertised_addr(bound));
+        let now = Instant::now();
+        let config = EndpointConfig {
+            node_key: Some(opts.node_key.clone()),
+            psk: opts.psk.map(Psk::new),
+            ..EndpointConfig::default()
+        };
+        let endpoint = Endpoint::new(config, now, opts.seed);
+        let me = PeerInfo {
+            id: opts.node_key.id(),
+            addr: local_addr,
+            upload_kbps: opts.upload_kbps,
+            relay: opts.role != Role::Viewer,
+        };
+        let bootstrap = opts
+            .bootstrap
+            .iter()
+            .map(|&(id, addr)| PeerInfo { id, addr, upload_kbps: 0, relay: true })
+            .collect();
+        let config = NodeConfig {
+            stripes: opts.stripes,
+            stream_kbps: opts.stream_kbps,
+            upload_kbps: opts.upload_kbps,
+            mesh_size: MESH_SIZE,
+            chunk_duration: CHUNK_DURATION,
+        };
+        let swarm = Node::new(
+            config,
+            me,
+            opts.role,
+            opts.channel,
+            bootstrap,
+            now,
+            opts.seed ^ 0x5eed,
+            Box::new(Ed25519Verifier),
+        );
+        let snapshot = NodeSnapshot {
+            node_id: opts.node_key.id().to_string(),
+            local_addr: Some(local_addr),
+            stripes: opts.stripes as usize,
+            ..NodeSnapshot::default()
+        };
+        Ok(LiveNode {
+            endpoint,
+            driver,
+            swarm,
+            local_addr,
+            by_node: BTreeMap::new(),
+            by_session: BTreeMap::new(),
+            established: BTreeSet::new(),
+            snapshot,
+            started: now,
+        })
+    }
+
+    /// The address peers reach this node at (what a link names).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Run until `shutdown` turns true (or, for a publisher, until `input` ends and the
+    /// node has lingered `linger_after_input` so peers can fetch the last chunks).
+    ///
+    /// - `input`: signed chunks to publish (publisher only).
+    /// - `output`: verified chunks for the application, in arrival order.
+    /// - `figures`: refreshed every [`SNAPSHOT_INTERVAL`].
+    pub async fn run(
+        mut self,
+        mut input: Option<mpsc::Receiver<Chunk>>,
+        output: Option<mpsc::Sender<Chunk>>,
+        figures: Arc<Mutex<NodeSnapshot>>,
+        mut shutdown: watch::Receiver<bool>,
+        linger_after_input: Duration,
+    ) -> Result<Stopped> {
+        let mut next_snapshot = Instant::now();
+        let mut input_ended: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if self.swarm.poll_timeout().is_some_and(|t| t <= now) {
+                self.swarm.handle_timeout(now);
+            }
+            self.pump(now, output.as_ref());
+            if now >= next_snapshot {
+                self.refresh_snapshot(now);
+                *figures.lock().unwrap_or_else(|e| e.into_inner()) = self.snapshot.clone();
+                next_snapshot = now + SNAPSHOT_INTERVAL;
+            }
+            if let Some(ended) = input_ended {
+                if now >= ended + linger_after_input {
+                    self.leave().await;
+                    return Ok(Stopped::InputEnded);
+                }
+            }
+            if *shutdown.borrow() {
+                self.leave().await;
+                return Ok(Stopped::Shutdown);
+            }
+            let mut deadline = next_snapshot;
+            if let Some(t) = self.swarm.poll_timeout() {
+                deadline = deadline.min(t);
+            }
+            if let Some(ended) = input_ended {
+                deadline = deadline.min(ended + linger_after_input);
+            }
+            let wake = async {
+                tokio::select! {
+                    chunk = recv_or_pending(&mut input) => Wake::Chunk(chunk),
+                    _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+                    _ = shutdown.changed() => Wake::Shutdown,
+                }
+            };
+            let outcome = self.driver.step(&mut self.endpoint, wake).await.context("udp socket failed")?;
+            if let StepOutcome::Woken(wake) = outcome {
+                match wake {
+                    Wake::Chunk(Some(chunk)) => {
+                        self.snapshot.chunks_published += 1;
+                        self.snapshot.latest_seq = Some(chunk.seq);
+                        self.swarm.publish(Instant::now(), chunk);
+                    }
+                    Wake::Chunk(None) => {
+                        input = None;
+                        input_ended = Some(Instant::now());
+                    }
+                    Wake::Timer => {}
+                    // A dropped sender counts as a request too (`changed` errs).
+                    Wake::Shutdown => {
+                        if shutdown.has_changed().is_err() {
+                            self.leave().await;
+                            return Ok(Stopped::Shutdown);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Say goodbye: the swarm tells its neighbours (`Leave`), sessions close, and queued
+    /// datagrams get [`LINGER`] to leave.
+    async fn leave(&mut self) {
+        let now = Instant::now();
+        self.swarm.leave(now);
+        self.pump(now, None);
+        let sessions: Vec<SessionId> = self.by_session.keys().copied().collect();
+        for s in sessions {
+            self.endpoint.close(now, s);
+        }
+        let until = tokio::time::Instant::now() + LINGER;
+        while tokio::time::Instant::now() < until {
+            let sleep = tokio::time::sleep_until(until);
+            match self.driver.step(&mut self.endpoint, sleep).await {
+                Ok(StepOutcome::Woken(())) | Err(_) => break,
+                Ok(_) => {}
+            }
+            while self.endpoint.poll_event().is_some() {}
+        }
+    }
+
+    /// Move everything between the endpoint, the swarm and the application until no
+    /// side has anything more for now.
+    fn pump(&mut self, now: Instant, output: Option<&mpsc::Sender<Chunk>>) {
+        loop {
+            let mut moved = false;
+            while let Some(event) = self.endpoint.poll_event() {
+                moved = true;
+                self.on_transport_event(now, event);
+            }
+            while let Some(t) = self.swarm.poll_transmit() {
+                moved = true;
+                self.send(now, t.to, &t.message, SendOptions { class: t.class, deadline: t.deadline });
+            }
+            while let Some(event) = self.swarm.poll_event() {
+                moved = true;
+                self.on_swarm_event(event, output);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn on_transport_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Connected { session, .. } | Event::Accepted { session, .. } => {
+                let Some(node) = self.endpoint.peer_node(session) else { return };
+                self.by_session.insert(session, node);
+                self.by_node.entry(node).or_insert(session);
+                self.established.insert(session);
+            }
+            Event::Message { session, data, .. } => {
+                let Some(from) =
+                    self.by_session.get(&session).copied().or_else(|| self.endpoint.peer_node(session))
+                else {
+                    return;
+                };
+                match Message::decode_bytes(data) {
+                    Ok(mut message) => {
+                        if let Message::Hello { info } = &mut message {
+                            // A node bound to a wildcard address names no IP: use the one
+                            // its packets come from.
+                            if info.addr.ip().is_unspecified() {
+                                if let Some(remote) =
+                                    self.endpoint.session_stats(session).and_then(|s| s.remote)
+                                {
+                                    info.addr.set_ip(remote.ip());
+                                }
+                            }
+                        }
+                        self.swarm.handle_message(now, from, message);
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = ?from, error = %e, "malformed swarm message; closing the session");
+                        self.snapshot.malformed_messages += 1;
+                        self.endpoint.close(now, session);
+                    }
+                }
+            }
+            Event::Closed { session, reason } => {
+                self.established.remove(&session);
+                let Some(node) = self.by_session.remove(&session) else { return };
+                tracing::debug!(peer = ?node, ?reason, "session closed");
+                if self.by_node.get(&node) == Some(&session) {
+                    self.by_node.remove(&node);
+                    match self.by_session.iter().find(|(_, n)| **n == node) {
+                        Some((&other, _)) => {
+                            self.by_node.insert(node, other);
+                        }
+                        None => self.swarm.handle_peer_lost(now, node),
+                    }
+                }
+            }
+            Event::PeerAbandoned { .. } | Event::SendAbandoned { .. } => {}
+        }
+    }
+
+    fn send(&mut self, now: Instant, to: PeerInfo, message: &Message, opts: SendOptions) {
+        if to.id == self.swarm.id() {
+            return;
+        }
+        let session = match self.by_node.get(&to.id) {
+            Some(&s) => s,
+            None if to.addr.ip().is_unspecified() || to.addr.port() == 0 => {
+                // Known only by a session that is gone.
+                self.snapshot.send_failures += 1;
+                return;
+            }
+            None => match self.endpoint.connect_to(now, to.addr, to.id) {
+                Ok(s) => {
+                    self.by_node.insert(to.id, s);
+                    self.by_session.insert(s, to.id);
+                    s
+                }
+                Err(e) => {
+                    tracing::debug!(peer = ?to.id, error = %e, "cannot open a session");
+                    self.snapshot.send_failures += 1;
+                    return;
+                }
+            },
+        };
+        let mut buf = Vec::with_capacity(message.encoded_len());
+        message.encode(&mut buf);
+        if let Err(e) = self.endpoint.send(now, session, Bytes::from(buf), opts) {
+            tracing::debug!(peer = ?to.id, error = %e, "cannot queue a swarm message");
+            self.snapshot.send_failures += 1;
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: NodeEvent, output: Option<&mpsc::Sender<Chunk>>) {
+        match event {
+            NodeEvent::Chunk { seq, ingest_us, hops, from, .. } => {
+                let lag_us = unix_now_us().saturating_sub(ingest_us);
+                tracing::trace!(seq, lag_ms = lag_us / 1000, hops, from = %from, "chunk");
+                self.snapshot.arrival_lag.record(lag_us);
+                self.snapshot.hop_count_sum += u64::from(hops);
+                self.snapshot.latest_seq = Some(self.snapshot.latest_seq.map_or(seq, |l| l.max(seq)));
+                if let (Some(out), Some(chunk)) = (output, self.swarm.chunk(seq)) {
+                    if out.try_send(chunk.clone()).is_err() {
+                        self.snapshot.output_dropped += 1;
+                    }
+                }
+            }
+            NodeEvent::ForgedChunk { from } => {
+                tracing::warn!(peer = %from, "peer sent a forged chunk; banned");
+                if let Some(session) = self.by_node.get(&from).copied() {
+                    self.endpoint.close(Instant::now(), session);
+                }
+            }
+        }
+    }
+
+    fn refresh_snapshot(&mut self, now: Instant) {
+        let s = &mut self.snapshot;
+        s.swarm = self.swarm.stats();
+        s.peers = self.by_node.values().filter(|session| self.established.contains(session)).count();
+        s.mesh_peers = self.swarm.mesh_peers().len();
+        let parents = self.swarm.parents();
+        s.parents = parents.iter().filter(|p| p.is_some()).count();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            for k in 0..parents.len() {
+                tracing::trace!(stripe = k, state = %self.swarm.stripe_state(k), "stripe");
+            }
+        }
+        s.children = (0..parents.len()).map(|k| self.swarm.children(k).len()).sum();
+        let d = self.driver.stats();
+        (s.bytes_sent, s.bytes_received) = (d.bytes_sent, d.bytes_received);
+        (s.datagrams_sent, s.datagrams_received) = (d.datagrams_sent, d.datagrams_received);
+        (s.send_syscalls, s.recv_syscalls) = (d.send_syscalls, d.recv_syscalls);
+        let e = self.endpoint.stats();
+        s.handshake_failures = e.handshake_failures;
+        s.auth_failures = e.auth_failures;
+        s.uptime = now - self.started;
+        s.thread_cpu = rill_transport::driver::thread_cpu_time();
+        s.thread_cpu_user = thread_user_time();
+    }
+}
+
+enum Wake {
+    Chunk(Option<Chunk>),
+    Timer,
+    Shutdown,
+}
+
+async fn recv_or_pending(input: &mut Option<mpsc::Receiver<Chunk>>) -> Option<Chunk> {
+    match input {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The address to tell peers: the bound one, or for a wildcard bind the address of the
+/// interface that routes outward (found by `connect` on a UDP socket, which sends nothing),
+/// else loopback.
+fn advertised_addr(bound: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let probe = |target: &str| -> Option<std::net::IpAddr> {
+        let socket = std::net::UdpSocket::bind(if bound.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
+        // TEST-NET addresses (RFC 5737, RFC 3849): a route lookup only, nothing is sent.
+        socket.connect(target).ok()?;
+        Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
+    };
+    let target = if bound.is_ipv4() { "192.0.2.1:9" } else { "[2001:db8::1]:9" };
+    let ip = probe(target).unwrap_or(if bound.is_ipv4() {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+    });
+    SocketAddr::new(ip, bound.port())
+}

@@ -1,0 +1,256 @@
+//! `rill publish --key FILE [--input SRC]`: read MPEG-TS, cut it into chunks, sign them
+//! with the channel key and serve them to the swarm. Prints the channel link.
+//!
+//! Two tasks: the ingest (input → chunker → signer, this file) and the node (`node.rs`).
+//! Chunks carry the UNIX time of their last byte's arrival (`ingest_us`), from which every
+//! viewer computes arrival and playout lag.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::Args;
+use rill_publisher::chunker::{Chunker, ChunkerConfig, ChunkerStats};
+use rill_publisher::{Input, InputOptions, InputSpec};
+use rill_swarm::chunk::{ChannelKey, Chunk};
+use rill_swarm::node::Role;
+use tokio::sync::mpsc;
+
+use super::common::{self, NodeArgs};
+use super::link::{ChannelLink, DEFAULT_KBPS, MAX_STRIPES};
+use super::node::{unix_now_us, LiveNode, NodeOptions, NodeSnapshot};
+use super::{channel_key, watch as watch_cmd};
+
+/// The built-in sample channel: 10 s of test pattern with a running clock, H.264 + AAC,
+/// one keyframe a second (tools/assets/make-sample.sh makes it).
+pub const SAMPLE_TS: &[u8] = include_bytes!("../../assets/sample.ts");
+
+/// The built-in sample as an input.
+pub fn sample_spec() -> InputSpec {
+    InputSpec::Memory { name: "the built-in sample", bytes: Bytes::from_static(SAMPLE_TS) }
+}
+
+/// Signed chunks queued between the ingest and the node: 256 chunks, 6 s at 25 ms. The
+/// node takes them as fast as they come; the bound only matters if it stalls.
+const CHUNK_QUEUE: usize = 256;
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The channel key (made by `rill keygen --out FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// What to publish: `-` (stdin), a file, or udp://HOST:PORT (what `ffmpeg -f mpegts
+    /// udp://…` and OBS send). Default: the built-in sample, looped.
+    #[arg(short = 'i', long, value_name = "SRC")]
+    pub input: Option<String>,
+    /// Play a file input again and again as a live channel (timestamps stay continuous).
+    #[arg(long = "loop")]
+    pub loop_input: bool,
+    /// Private channel: the link carries a secret without which no node can join.
+    #[arg(long)]
+    pub private: bool,
+    /// This node's key file (its id is in the link, so keep it across restarts). Default:
+    /// $XDG_CONFIG_HOME/rill/node.key, created on first start.
+    #[arg(long, value_name = "FILE")]
+    pub node_key: Option<PathBuf>,
+    /// Stripes (push trees) the stream is split into.
+    #[arg(long, default_value_t = super::link::DEFAULT_STRIPES)]
+    pub stripes: u8,
+    /// The stream's nominal bitrate in kbit/s, for the link (it sizes peers' fan-out).
+    #[arg(long, value_name = "KBPS")]
+    pub kbps: Option<u32>,
+    /// Also write the channel link to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub link_file: Option<PathBuf>,
+    /// Seconds to wait after start before reading the input, so viewers started with the
+    /// link can join before the first chunk (for premieres and tests).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub start_delay: f64,
+    /// After a finite input ends, keep serving this many seconds so viewers get the end.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub linger: f64,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Where the ingest stands, for status and `--stats-json`.
+#[derive(Debug, Clone, Default)]
+pub struct IngestSnapshot {
+    pub chunker: ChunkerStats,
+    pub chunks_signed: u64,
+}
+
+/// Read `input`, chunk and sign it, and send the chunks to the node. Returns at the end
+/// of a finite input.
+pub async fn ingest(
+    mut input: Input,
+    key: ChannelKey,
+    stripes: u8,
+    chunks: mpsc::Sender<Chunk>,
+    figures: Arc<Mutex<IngestSnapshot>>,
+) -> Result<()> {
+    let mut chunker = Chunker::new(ChunkerConfig::default());
+    // Instants map to UNIX time through one reading of both clocks: ingest timestamps then
+    // advance with the monotonic clock, immune to wall-clock steps during the broadcast.
+    let (epoch, epoch_us) = (Instant::now(), unix_now_us());
+    let to_unix_us = |t: Instant| epoch_us + t.saturating_duration_since(epoch).as_micros() as u64;
+    let mut seq = 0u64;
+    let mut snapshot = IngestSnapshot::default();
+    loop {
+        let timeout = chunker.poll_timeout();
+        let ended = tokio::select! {
+            read = input.read() => match read.context("reading the input")? {
+                Some((at, bytes)) => {
+                    chunker.push(at, &bytes)?;
+                    false
+                }
+                None => {
+                    chunker.finish(Instant::now());
+                    if chunker.stats().packets == 0 {
+                        bail!("{} holds no MPEG-TS packets", input.spec());
+                    }
+                    true
+                }
+            },
+            _ = async { match timeout { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
+                chunker.handle_timeout(Instant::now());
+                false
+            }
+        };
+        while let Some(media) = chunker.poll_chunk() {
+            let chunk =
+                Chunk::sign(&key, seq, to_unix_us(media.ingested_at), media.keyframe, stripes, media.payload)
+                    .context("signing a chunk")?;
+            seq += 1;
+            snapshot.chunks_signed += 1;
+            if chunks.send(chunk).await.is_err() {
+                return Ok(());
+            }
+        }
+        snapshot.chunker = chunker.stats();
+        *figures.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.clone();
+        if ended {
+            return Ok(());
+        }
+    }
+}
+
+pub fn run(args: &PublishArgs) -> Result<std::process::ExitCode> {
+    if args.stripes == 0 || args.stripes > MAX_STRIPES {
+        bail!("--stripes must be 1 to {MAX_STRIPES}");
+    }
+    if !(0.0..=3600.0).contains(&args.start_delay) || !(0.0..=3600.0).contains(&args.linger) {
+        bail!("--start-delay and --linger must be 0 to 3600 seconds");
+    }
+    let key = channel_key::load(&args.key)?;
+    let spec = match &args.input {
+        Some(text) => InputSpec::parse(text).with_context(|| format!("bad --input {text}"))?,
+        None => sample_spec(),
+    };
+    let loop_input = args.loop_input || args.input.is_none();
+    if loop_input && !spec.is_loopable() {
+        bail!("--loop needs a file input (stdin and udp:// are live already)");
+    }
+    let node_key = crate::node_key::load_or_create(args.node_key.as_deref())?;
+    let kbps = args.kbps.unwrap_or(if args.input.is_none() { 1000 } else { DEFAULT_KBPS });
+    let psk = args.private.then(|| channel_key::private_psk(&key));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = common::shutdown_signal();
+        let input = rill_publisher::open(&spec, &InputOptions { loop_forever: loop_input, ..InputOptions::default() })
+            .await
+            .with_context(|| format!("cannot open input {spec}"))?;
+        let opts = NodeOptions {
+            role: Role::Publisher,
+            listen: args.node.listen,
+            advertise: args.node.advertise,
+            node_key: node_key.clone(),
+            channel: key.channel_id(),
+            bootstrap: Vec::new(),
+            stripes: args.stripes,
+            stream_kbps: kbps,
+            upload_kbps: args.node.upload_kbps.unwrap_or(kbps.saturating_mul(6)),
+            psk,
+            seed: common::random_seed(),
+        };
+        let node = LiveNode::bind(&opts)?;
+        let link = ChannelLink {
+            channel: key.channel_id(),
+            peers: vec![(node_key.id(), node.local_addr())],
+            stripes: args.stripes,
+            kbps,
+            psk,
+        };
+        println!("{link}");
+        if let Some(path) = &args.link_file {
+            std::fs::write(path, format!("{link}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        eprintln!("rill: publishing {spec} as channel {}", key.channel_id());
+        let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
+        let node_figures = Arc::new(Mutex::new(NodeSnapshot::default()));
+        let ingest_figures = Arc::new(Mutex::new(IngestSnapshot::default()));
+        let linger = Duration::from_secs_f64(args.linger);
+        let mut node_task =
+            tokio::spawn(node.run(Some(chunk_rx), None, node_figures.clone(), stop_rx.clone(), linger));
+        let start_delay = Duration::from_secs_f64(args.start_delay);
+        let stripes = args.stripes;
+        let ingest_task = tokio::spawn({
+            let figures = ingest_figures.clone();
+            let mut stop = stop_rx.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(start_delay) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                ingest(input, key, stripes, chunk_tx, figures).await
+            }
+        });
+        let reporter = watch_cmd::report_loop(
+            "publish",
+            node_figures.clone(),
+            None,
+            args.node.stats_json.clone(),
+            args.node.quiet,
+            stop_rx.clone(),
+        );
+        tokio::pin!(reporter);
+        let mut ingest_task = Some(ingest_task);
+        let mut node_result = None;
+        // Until Ctrl-C, or the node stops (a finite input ended and the linger passed), or
+        // the input fails (its error ends the command).
+        loop {
+            tokio::select! {
+                r = &mut reporter => {
+                    r?;
+                    break;
+                }
+                r = &mut node_task => {
+                    node_result = Some(r);
+                    break;
+                }
+                r = async { match ingest_task.as_mut() { Some(t) => t.await, None => std::future::pending().await } } => {
+                    ingest_task = None;
+                    r.context("ingest task")??;
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        let node_result = match node_result {
+            Some(r) => r,
+            None => node_task.await,
+        };
+        node_result.context("node task")??;
+        if let Some(t) = ingest_task {
+            t.abort();
+        }
+        let stats = ingest_figures.lock().map(|s| s.clone()).unwrap_or_default();
+        let c = &stats.chunker;
+        eprintln!(
+            "rill: published {} chunks ({} media bytes); resyncs {}, bytes skipped {}",
+            stats.chunks_signed, c.media_bytes, c.resyncs, c.bytes_skipped
+        );
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
