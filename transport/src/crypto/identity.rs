@@ -593,7 +593,7 @@ mod tests {
     fn malformed_files_error_with_right_variant() {
         let dir = TempDir::new("malformed");
         let good = valid_line();
-        let key_text = &good[NODE_KEY_FILE.header.as_bytes().len()..good.len() - 1];
+        let key_text = &good[NODE_KEY_FILE.header.len()..good.len() - 1];
         let with_key = |key: &[u8]| [NODE_KEY_FILE.header.as_bytes(), key, b"\n"].concat();
 
         type Case = (&'static str, Vec<u8>, fn(&IdentityError) -> bool);
