@@ -3,21 +3,10 @@ use std::net::Ipv4Addr;
 use tokio::net::TcpSocket;
 
 use super::*;
+use crate::testutil::ts;
 
 const TS_PACKET_LEN: usize = 188;
 const WAIT: Duration = Duration::from_secs(10);
-
-/// `packets` TS packets tagged with `tag` after the sync byte.
-fn ts(tag: u32, packets: usize) -> Bytes {
-    let mut out = Vec::with_capacity(packets * TS_PACKET_LEN);
-    for _ in 0..packets {
-        let mut packet = [0u8; TS_PACKET_LEN];
-        packet[0] = 0x47;
-        packet[1..5].copy_from_slice(&tag.to_be_bytes());
-        out.extend_from_slice(&packet);
-    }
-    Bytes::from(out)
-}
 
 /// The chunk tags of a TS byte stream, consecutive repeats merged.
 fn chunk_tags(stream: &[u8]) -> Vec<u32> {

@@ -26,6 +26,8 @@ pub mod histogram;
 pub mod http;
 pub mod output;
 pub mod playout;
+#[cfg(test)]
+mod testutil;
 
 pub use histogram::LagHistogram;
 pub use http::{

@@ -2,18 +2,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::*;
-
-/// `packets` TS packets, each tagged with `tag` after the sync byte.
-fn ts(tag: u32, packets: usize) -> Bytes {
-    let mut out = Vec::with_capacity(packets * TS_PACKET_LEN);
-    for _ in 0..packets {
-        let mut packet = [0u8; TS_PACKET_LEN];
-        packet[0] = 0x47;
-        packet[1..5].copy_from_slice(&tag.to_be_bytes());
-        out.extend_from_slice(&packet);
-    }
-    Bytes::from(out)
-}
+use crate::testutil::ts;
 
 /// The tags of a TS byte stream, one per packet.
 fn tags(stream: &[u8]) -> Vec<u32> {

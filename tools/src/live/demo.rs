@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 
 use super::common::{self, ms};
 use super::link::ChannelLink;
-use super::node::{LiveNode, NodeOptions, NodeSnapshot, OUTPUT_QUEUE_CHUNKS};
+use super::node::{LiveNode, NodeOptions, NodeSnapshot};
 use super::publish::{ingest, sample_spec, IngestSnapshot};
-use super::watch::{play, Outputs, PlayerSnapshot};
+use super::watch::{spawn_viewer, Outputs, PlayerSnapshot};
 use crate::table::round;
 
 #[derive(Debug, Args)]
@@ -147,27 +147,10 @@ async fn demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
     for _ in 0..count {
         let opts = node_opts(Role::Viewer, SAMPLE_KBPS * VIEWER_UPLOAD_FACTOR, link.peers.clone())?;
         let node = LiveNode::bind(&opts)?;
-        let started = Instant::now();
-        let (tx, rx) = mpsc::channel(OUTPUT_QUEUE_CHUNKS);
-        let node_figures = Arc::new(Mutex::new(NodeSnapshot::default()));
-        let player_figures = Arc::new(Mutex::new(PlayerSnapshot::default()));
-        tasks.push(tokio::spawn(node.run(
-            None,
-            Some(tx),
-            node_figures.clone(),
-            stop_rx.clone(),
-            Duration::ZERO,
-        )));
         let outputs = Outputs { sink: None, http: http.take() };
-        let task = tokio::spawn(play(
-            rx,
-            Duration::from_millis(args.latency),
-            outputs,
-            started,
-            player_figures.clone(),
-            stop_rx.clone(),
-        ));
-        viewers.push(Viewer { node: node_figures, player: player_figures, task });
+        let v = spawn_viewer(node, Duration::from_millis(args.latency), outputs, Instant::now(), &stop_rx);
+        tasks.push(v.node);
+        viewers.push(Viewer { node: v.node_figures, player: v.player_figures, task: v.player });
         tokio::time::sleep(JOIN_SPREAD / count as u32).await;
     }
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::common::{self, ms, NodeArgs, StatsJson, StatusLine};
 use super::link::ChannelLink;
-use super::node::{unix_now_us, LiveNode, NodeOptions, NodeSnapshot, OUTPUT_QUEUE_CHUNKS};
+use super::node::{unix_now_us, LiveNode, NodeOptions, NodeSnapshot, Stopped, OUTPUT_QUEUE_CHUNKS};
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -97,6 +97,33 @@ impl PlayerSnapshot {
 pub struct Outputs {
     pub sink: Option<OutputSink>,
     pub http: Option<HttpStreamServer>,
+}
+
+/// A viewer's two tasks (node and player) and their figures.
+#[derive(Debug)]
+pub struct ViewerTasks {
+    pub node: tokio::task::JoinHandle<Result<Stopped>>,
+    pub player: tokio::task::JoinHandle<Result<PlayerSnapshot>>,
+    pub node_figures: Arc<Mutex<NodeSnapshot>>,
+    pub player_figures: Arc<Mutex<PlayerSnapshot>>,
+}
+
+/// Start a viewer: `node` feeds verified chunks to a player with this latency and outputs.
+pub fn spawn_viewer(
+    node: LiveNode,
+    latency: Duration,
+    outputs: Outputs,
+    started: Instant,
+    stop: &watch::Receiver<bool>,
+) -> ViewerTasks {
+    let (chunk_tx, chunk_rx) = mpsc::channel(OUTPUT_QUEUE_CHUNKS);
+    let node_figures = Arc::new(Mutex::new(NodeSnapshot::default()));
+    let player_figures = Arc::new(Mutex::new(PlayerSnapshot::default()));
+    let node =
+        tokio::spawn(node.run(None, Some(chunk_tx), node_figures.clone(), stop.clone(), Duration::ZERO));
+    let player =
+        tokio::spawn(play(chunk_rx, latency, outputs, started, player_figures.clone(), stop.clone()));
+    ViewerTasks { node, player, node_figures, player_figures }
 }
 
 /// The player task: chunks in, playout, outputs out.
@@ -209,19 +236,8 @@ pub fn run(args: &WatchArgs) -> Result<std::process::ExitCode> {
             seed: common::random_seed(),
         };
         let node = LiveNode::bind(&opts)?;
-        let (chunk_tx, chunk_rx) = mpsc::channel(OUTPUT_QUEUE_CHUNKS);
-        let node_figures = Arc::new(Mutex::new(NodeSnapshot::default()));
-        let player_figures = Arc::new(Mutex::new(PlayerSnapshot::default()));
-        let node_task =
-            tokio::spawn(node.run(None, Some(chunk_tx), node_figures.clone(), stop_rx.clone(), Duration::ZERO));
-        let player = tokio::spawn(play(
-            chunk_rx,
-            Duration::from_millis(args.latency),
-            outputs,
-            started,
-            player_figures.clone(),
-            stop_rx.clone(),
-        ));
+        let viewer = spawn_viewer(node, Duration::from_millis(args.latency), outputs, started, &stop_rx);
+        let (node_figures, player_figures) = (viewer.node_figures.clone(), viewer.player_figures.clone());
         let reporter = report_loop(
             "watch",
             node_figures.clone(),
@@ -236,8 +252,8 @@ pub fn run(args: &WatchArgs) -> Result<std::process::ExitCode> {
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
         }
         let _ = stop_tx.send(true);
-        let player = player.await.context("player task")??;
-        node_task.await.context("node task")??;
+        let player = viewer.player.await.context("player task")??;
+        viewer.node.await.context("node task")??;
         let p = &player.playout;
         eprintln!(
             "rill: watched {:.1} s: {} chunks out ({} bytes), lost chunks {}, late {}, continuity {}, playout lag p50 {} ms",
