@@ -1190,8 +1190,14 @@ impl Node {
                 .filter(|(id, h)| Node::peer_has(h, seq) && !self.is_silent(now, id))
                 .map(|(id, _)| *id)
                 .collect();
-            // No neighbour has it: ask a root (the publisher or a relay holds every chunk).
-            let holders = if holders.is_empty() { self.live_roots(now) } else { holders };
+            // No neighbour has it, and we have few neighbours (a newcomer whose mesh is
+            // still forming): ask a root, which holds every chunk. Only then: at scale,
+            // every orphan pulling from the roots would take the upload the trees need.
+            let holders = if holders.is_empty() && self.mesh.len() < self.config.mesh_size / 2 {
+                self.live_roots(now)
+            } else {
+                holders
+            };
             if holders.is_empty() {
                 continue;
             }
