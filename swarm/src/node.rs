@@ -18,8 +18,12 @@
 //! - **Mesh** (HyParView-like, Leitão et al., DSN 2007): a bounded active view of mesh
 //!   neighbours exchanging availability summaries (`Have`), and a bounded passive view fed by
 //!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours.
-//! - **Parent failure**: a parent that sends nothing in its stripe while the rest of the
-//!   stream keeps arriving is dropped and replaced; missing chunks are pulled meanwhile.
+//! - **Parent failure**: a parent that sends nothing in its stripe while the stream goes on
+//!   (newer chunks arrive, or mesh neighbours advertise them) is dropped, remembered as
+//!   silent for a while (not asked again, not pulled from) and replaced. The new parent
+//!   sends the few chunks of the stripe the child lacks (`Subscribe::resume_from`); the
+//!   rest are pulled meanwhile, from the publisher or a relay when a newcomer's mesh is too
+//!   small to have them.
 //! - **Fast join**: a parent sends a new child its stripe's chunks from the latest keyframe,
 //!   so a newcomer holds a whole keyframe group (across its K parents) at once.
 //! - **Trust**: every chunk is verified before it is kept, forwarded or played; a peer that
@@ -1031,7 +1035,7 @@ impl Node {
         let message = Message::Subscribe {
             stripe: stripe as u8,
             starting: latest.is_none(),
-            resume_from: latest.map_or(0, |l| l + self.k() as u64),
+            resume_from: latest.map_or(0, |l| l.saturating_add(self.k() as u64)),
         };
         self.send(to, message, Class::Control);
     }
@@ -1042,7 +1046,8 @@ impl Node {
     }
 
     /// A parent is dead or too slow when nothing came from it in its stripe for this long
-    /// while later chunks of other stripes arrived: about three of its chunk intervals.
+    /// while the stream went on: four of its stripe's chunk intervals, and at least 300 ms
+    /// (below that, scheduling jitter on a loaded host looks like silence).
     fn parent_timeout(&self) -> Duration {
         (self.config.chunk_duration * self.k() as u32 * 4).max(Duration::from_millis(300))
     }

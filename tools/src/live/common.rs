@@ -5,8 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use super::node::NodeSnapshot;
+use super::watch::PlayerSnapshot;
 use rill_viewer::LagHistogram;
 
 /// Flags every live node takes.
@@ -42,20 +43,21 @@ pub struct NodeArgs {
 /// A node key that lives only as long as the process: viewers need no stable identity
 /// (no link names them), and several on one machine must not share one.
 pub fn ephemeral_node_key() -> Result<Arc<NodeKey>> {
+    Ok(Arc::new(NodeKey::from_secret_bytes(*random_secret()?)))
+}
+
+/// 32 bytes from the operating system's RNG, erased when dropped.
+fn random_secret() -> Result<zeroize::Zeroizing<[u8; 32]>> {
     let mut secret = zeroize::Zeroizing::new([0u8; 32]);
     SystemRandom::new()
         .fill(&mut secret[..])
         .map_err(|_| anyhow::anyhow!("the operating system random number generator failed"))?;
-    Ok(Arc::new(NodeKey::from_secret_bytes(*secret)))
+    Ok(secret)
 }
 
 /// A fresh channel key that lives only as long as the process (`rill demo`, benchmarks).
 pub fn random_channel_key() -> Result<rill_swarm::chunk::ChannelKey> {
-    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
-    SystemRandom::new()
-        .fill(&mut secret[..])
-        .map_err(|_| anyhow::anyhow!("the operating system random number generator failed"))?;
-    Ok(rill_swarm::chunk::ChannelKey::from_bytes(*secret))
+    Ok(rill_swarm::chunk::ChannelKey::from_bytes(*random_secret()?))
 }
 
 /// A seed for the node's RNGs (which are deterministic given it, as in the simulator).
@@ -210,5 +212,63 @@ pub fn human_rate(bps: f64) -> String {
         format!("{:.1} Mbit/s", bps / 1e6)
     } else {
         format!("{:.0} kbit/s", bps / 1e3)
+    }
+}
+
+/// Once a second: the status line and `--stats-json`. Returns when shutdown is requested.
+pub async fn report_loop(
+    role: &'static str,
+    node: Arc<Mutex<NodeSnapshot>>,
+    player: Option<Arc<Mutex<PlayerSnapshot>>>,
+    stats_json: Option<PathBuf>,
+    quiet: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut status = StatusLine::new(quiet);
+    let mut json_out = match &stats_json {
+        Some(p) => Some(StatsJson::open(p)?),
+        None => None,
+    };
+    let mut before = NodeSnapshot::default();
+    let mut last = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {
+                status.finish();
+                return Ok(());
+            }
+        }
+        let now_snap = node.lock().map(|s| s.clone()).unwrap_or_default();
+        let interval = last.elapsed();
+        last = Instant::now();
+        let mut object = Map::new();
+        object.insert("role".into(), json!(role));
+        object.extend(node_json(&now_snap, &before, interval));
+        let player_snap = player.as_ref().map(|p| p.lock().map(|s| s.clone()).unwrap_or_default());
+        if let Some(p) = &player_snap {
+            object.extend(p.json());
+        }
+        if let Some(out) = &mut json_out {
+            out.write(&object)?;
+        }
+        let lag = now_snap.arrival_lag.percentile_us(0.5).map_or("-".into(), |v| format!("{} ms", ms(v)));
+        let mut line = format!(
+            "rill {role}: peers {} | arrival lag p50 {lag} | down {} | up {}",
+            now_snap.peers,
+            human_rate(object["download_bps"].as_f64().unwrap_or(0.0)),
+            human_rate(object["upload_bps"].as_f64().unwrap_or(0.0)),
+        );
+        if let Some(p) = &player_snap {
+            line.push_str(&format!(
+                " | buffer {} ms | lost {}",
+                ms(p.playout.buffered_us).round(),
+                p.playout.lost_chunks
+            ));
+        }
+        status.show(&line);
+        before = now_snap;
     }
 }

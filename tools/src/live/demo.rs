@@ -169,7 +169,6 @@ async fn demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop_wait.changed() => break,
-            _ = async { match ingest_task.is_finished() { true => {}, false => std::future::pending().await } } => {}
         }
         if ingest_task.is_finished() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;

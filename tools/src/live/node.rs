@@ -97,7 +97,6 @@ pub struct NodeSnapshot {
     pub arrival_lag: LagHistogram,
     pub hop_count_sum: u64,
     pub chunks_published: u64,
-    pub latest_seq: Option<u64>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub datagrams_sent: u64,
@@ -119,24 +118,6 @@ pub struct NodeSnapshot {
     pub thread_cpu: Duration,
     /// The user-space part of `thread_cpu`.
     pub thread_cpu_user: Duration,
-}
-
-/// User CPU time of the calling thread (`getrusage(RUSAGE_THREAD)`; zero off Linux).
-fn thread_user_time() -> Duration {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
-        let u = unsafe {
-            let mut u: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_THREAD, &mut u);
-            u
-        };
-        Duration::new(u.ru_utime.tv_sec as u64, u.ru_utime.tv_usec as u32 * 1000)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        Duration::ZERO
-    }
 }
 
 /// A node's task. Build with [`LiveNode::bind`], then [`LiveNode::run`].
@@ -287,7 +268,6 @@ impl LiveNode {
                 match wake {
                     Wake::Chunk(Some(chunk)) => {
                         self.snapshot.chunks_published += 1;
-                        self.snapshot.latest_seq = Some(chunk.seq);
                         self.swarm.publish(Instant::now(), chunk);
                     }
                     Wake::Chunk(None) => {
@@ -444,7 +424,6 @@ impl LiveNode {
                 tracing::trace!(seq, lag_ms = lag_us / 1000, hops, from = %from, "chunk");
                 self.snapshot.arrival_lag.record(lag_us);
                 self.snapshot.hop_count_sum += u64::from(hops);
-                self.snapshot.latest_seq = Some(self.snapshot.latest_seq.map_or(seq, |l| l.max(seq)));
                 if let (Some(out), Some(chunk)) = (output, self.swarm.chunk(seq)) {
                     if out.try_send(chunk.clone()).is_err() {
                         self.snapshot.output_dropped += 1;
@@ -482,7 +461,7 @@ impl LiveNode {
         s.auth_failures = e.auth_failures;
         s.uptime = now - self.started;
         s.thread_cpu = rill_transport::driver::thread_cpu_time();
-        s.thread_cpu_user = thread_user_time();
+        s.thread_cpu_user = rill_transport::driver::thread_user_cpu_time();
     }
 }
 

@@ -18,10 +18,10 @@ use rill_swarm::chunk::{ChannelKey, Chunk};
 use rill_swarm::node::Role;
 use tokio::sync::mpsc;
 
+use super::channel_key;
 use super::common::{self, NodeArgs};
 use super::link::{ChannelLink, DEFAULT_KBPS, MAX_STRIPES};
 use super::node::{unix_now_us, LiveNode, NodeOptions, NodeSnapshot};
-use super::{channel_key, watch as watch_cmd};
 
 /// The built-in sample channel: 10 s of test pattern with a running clock, H.264 + AAC,
 /// one keyframe a second (tools/assets/make-sample.sh makes it).
@@ -59,6 +59,8 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = super::link::DEFAULT_STRIPES)]
     pub stripes: u8,
     /// The stream's nominal bitrate in kbit/s, for the link (it sizes peers' fan-out).
+    /// Default: 1000 for the built-in sample, else 4000; give the real rate when you know
+    /// it, as a higher figure makes nodes take fewer children than they could.
     #[arg(long, value_name = "KBPS")]
     pub kbps: Option<u32>,
     /// Also write the channel link to FILE.
@@ -207,7 +209,7 @@ pub fn run(args: &PublishArgs) -> Result<std::process::ExitCode> {
                 ingest(input, key, stripes, chunk_tx, figures).await
             }
         });
-        let reporter = watch_cmd::report_loop(
+        let reporter = common::report_loop(
             "publish",
             node_figures.clone(),
             None,

@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use super::common::{self, NodeArgs};
 use super::link::ChannelLink;
 use super::node::{LiveNode, NodeOptions, NodeSnapshot};
-use super::watch::report_loop;
 
 /// Upload a relay offers when not told: 100 Mbit/s (relays are the high-capacity nodes
 /// the trees are built around; an operator with less says so with --upload-kbps).
@@ -85,8 +84,15 @@ pub fn run(args: &RelayArgs) -> Result<std::process::ExitCode> {
         }
         eprintln!("rill: relaying channel {} on udp {}", link.channel, node.local_addr());
         let node_task = tokio::spawn(node.run(None, None, figures.clone(), stop_rx.clone(), Duration::ZERO));
-        report_loop("relay", figures.clone(), None, args.node.stats_json.clone(), args.node.quiet, stop_rx)
-            .await?;
+        common::report_loop(
+            "relay",
+            figures.clone(),
+            None,
+            args.node.stats_json.clone(),
+            args.node.quiet,
+            stop_rx,
+        )
+        .await?;
         let _ = stop_tx.send(true);
         node_task.await.context("node task")??;
         Ok(std::process::ExitCode::SUCCESS)

@@ -20,7 +20,7 @@ use rill_viewer::playout::{PlayoutBuffer, PlayoutChunk, PlayoutConfig, PlayoutSt
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::common::{self, ms, NodeArgs, StatsJson, StatusLine};
+use super::common::{self, ms, NodeArgs};
 use super::link::ChannelLink;
 use super::node::{unix_now_us, LiveNode, NodeOptions, NodeSnapshot, Stopped, OUTPUT_QUEUE_CHUNKS};
 
@@ -238,7 +238,7 @@ pub fn run(args: &WatchArgs) -> Result<std::process::ExitCode> {
         let node = LiveNode::bind(&opts)?;
         let viewer = spawn_viewer(node, Duration::from_millis(args.latency), outputs, started, &stop_rx);
         let (node_figures, player_figures) = (viewer.node_figures.clone(), viewer.player_figures.clone());
-        let reporter = report_loop(
+        let reporter = common::report_loop(
             "watch",
             node_figures.clone(),
             Some(player_figures.clone()),
@@ -267,62 +267,4 @@ pub fn run(args: &WatchArgs) -> Result<std::process::ExitCode> {
         );
         Ok(std::process::ExitCode::SUCCESS)
     })
-}
-
-/// Once a second: the status line and `--stats-json`. Returns when shutdown is requested.
-pub async fn report_loop(
-    role: &'static str,
-    node: Arc<Mutex<NodeSnapshot>>,
-    player: Option<Arc<Mutex<PlayerSnapshot>>>,
-    stats_json: Option<PathBuf>,
-    quiet: bool,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<()> {
-    let mut status = StatusLine::new(quiet);
-    let mut json_out = match &stats_json {
-        Some(p) => Some(StatsJson::open(p)?),
-        None => None,
-    };
-    let mut before = NodeSnapshot::default();
-    let mut last = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => {
-                status.finish();
-                return Ok(());
-            }
-        }
-        let now_snap = node.lock().map(|s| s.clone()).unwrap_or_default();
-        let interval = last.elapsed();
-        last = Instant::now();
-        let mut object = Map::new();
-        object.insert("role".into(), json!(role));
-        object.extend(common::node_json(&now_snap, &before, interval));
-        let player_snap = player.as_ref().map(|p| p.lock().map(|s| s.clone()).unwrap_or_default());
-        if let Some(p) = &player_snap {
-            object.extend(p.json());
-        }
-        if let Some(out) = &mut json_out {
-            out.write(&object)?;
-        }
-        let lag = now_snap.arrival_lag.percentile_us(0.5).map_or("-".into(), |v| format!("{} ms", ms(v)));
-        let mut line = format!(
-            "rill {role}: peers {} | arrival lag p50 {lag} | down {} | up {}",
-            now_snap.peers,
-            common::human_rate(object["download_bps"].as_f64().unwrap_or(0.0)),
-            common::human_rate(object["upload_bps"].as_f64().unwrap_or(0.0)),
-        );
-        if let Some(p) = &player_snap {
-            line.push_str(&format!(
-                " | buffer {} ms | lost {}",
-                ms(p.playout.buffered_us).round(),
-                p.playout.lost_chunks
-            ));
-        }
-        status.show(&line);
-        before = now_snap;
-    }
 }

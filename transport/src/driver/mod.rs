@@ -614,6 +614,26 @@ pub fn thread_cpu_time() -> Duration {
     }
 }
 
+/// User CPU time of the calling thread (`getrusage(RUSAGE_THREAD)`); zero where the system
+/// cannot tell. With [`thread_cpu_time`] it splits a thread's cost into its own work and
+/// the kernel's.
+pub fn thread_user_cpu_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+        let usage = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+            u
+        };
+        Duration::new(usage.ru_utime.tv_sec as u64, usage.ru_utime.tv_usec as u32 * 1000)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Duration::ZERO
+    }
+}
+
 /// CPU time (user + system) the whole process has used (`getrusage(RUSAGE_SELF)`).
 pub fn process_cpu_time() -> Duration {
     #[cfg(unix)]
