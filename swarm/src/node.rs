@@ -6,7 +6,8 @@
 //!   viewer is *interior* (forwards) only in its home stripe (`id % K`) and a leaf in the
 //!   others, so a departure costs each child one stripe, not the stream. Relays and the
 //!   publisher are interior in every stripe. A node takes as many children as its upload
-//!   carries at [`TREE_UPLOAD_SHARE`] of capacity.
+//!   carries at [`TREE_UPLOAD_SHARE`] of capacity ([`ROOT_TREE_UPLOAD_SHARE`] for roots);
+//!   slots it lends to other stripes come out of the same count.
 //! - **Joining a tree**: `Subscribe` to a candidate; a parent with room answers `Accept`,
 //!   one without answers `Redirect` to a few of its interior children, so a newcomer walks
 //!   down from the root and trees fill from the top. A mesh neighbour that advertises free
@@ -24,8 +25,12 @@
 //!   sends the few chunks of the stripe the child lacks (`Subscribe::resume_from`); the
 //!   rest are pulled meanwhile, from the publisher or a relay when a newcomer's mesh is too
 //!   small to have them.
-//! - **Fast join**: a parent sends a new child its stripe's chunks from the latest keyframe,
-//!   so a newcomer holds a whole keyframe group (across its K parents) at once.
+//! - **Fast join**: a parent sends a new child the latest keyframe chunk at once, so a
+//!   newcomer can start decoding after one round trip; it pulls the rest of the keyframe
+//!   group from its mesh. A newcomer given mesh contacts waits a moment for their summaries
+//!   and takes a free slot they advertise before it walks down from the roots, which keeps
+//!   a crowd of newcomers off the roots' uplinks.
+//! - **Roots** are the publisher and relays; other bootstrap peers are mesh contacts.
 //! - **Trust**: every chunk is verified before it is kept, forwarded or played; a peer that
 //!   sends a forged chunk is banned for good.
 //!
@@ -125,7 +130,17 @@ pub trait Verify: std::fmt::Debug + Send {
 
 /// Share of the upload the push trees may fill; the rest absorbs repair pulls, control
 /// traffic and bursts (a full uplink queues, and queueing is lag at every hop below).
-pub const TREE_UPLOAD_SHARE: f64 = 0.6;
+/// Slots are whole stripes, so a node's slot count rounds down: at 0.6 the viewers of the
+/// issue's scenario (uploads 2–12 Mbit/s, 1.75× the stream on average) offered 0.92 slots
+/// per slot needed and ~5 % of stripe-time went without a parent; at 0.8 they offer 1.27
+/// (`rill sim`, 2,000 viewers: continuity 0.947 at 0.6, 0.989 at 0.8, with lent slots
+/// counted against the home stripe).
+pub const TREE_UPLOAD_SHARE: f64 = 0.8;
+/// The same for the publisher and relays, lower: every newcomer's first subscribe and
+/// hello go to a root, and the redirects and peer lists it answers with (Control, ahead of
+/// the stream) must fit beside its trees. At 0.8, 5,000 viewers joining over 5 s left the
+/// publisher's uplink no room for them and every chunk was late for seconds (`rill sim`).
+pub const ROOT_TREE_UPLOAD_SHARE: f64 = 0.6;
 /// Share of the upload that serves mesh pulls. Trees and pulls together stay below the
 /// link's capacity, so the uplink keeps some idle time and queues stay short: a saturated
 /// uplink delays every chunk through it, which makes more chunks late, which makes more
@@ -175,6 +190,13 @@ pub const MAX_TRANSMITS: usize = 4096;
 /// Children per stripe, whatever the upload (a relay with 1 Gbit/s still fans out to at
 /// most this many, which bounds state and per-chunk work).
 pub const MAX_CHILDREN_PER_STRIPE: usize = 64;
+/// How long a newcomer given mesh contacts waits for their first `Have` (sent as soon as
+/// they take it into their view, one round trip) before it walks down from the roots
+/// instead: at 5,000 viewers joining over 5 s, every newcomer walking from the publisher
+/// sent it ~4,000 subscribes a second, and the redirects it answered with (Control, ahead
+/// of the stream) made every chunk late for the whole join (`rill sim`, continuity
+/// under 0.01 for seconds 2–6).
+const FIRST_SUMMARY_WAIT: Duration = Duration::from_millis(300);
 /// A full parent takes a newcomer over its weakest child when the newcomer's upload is
 /// at least this many times larger (hysteresis against churning the tree).
 const PREEMPT_FACTOR: u32 = 2;
@@ -260,6 +282,9 @@ pub struct Node {
     transmits_dropped: u64,
     /// Chunk bytes served to pulls in the current tick.
     served_bytes_tick: u64,
+    /// A newcomer walks down from the roots only after this, if no mesh neighbour
+    /// offered a slot by then (see [`FIRST_SUMMARY_WAIT`]).
+    walk_after: Instant,
 }
 
 impl Node {
@@ -305,23 +330,39 @@ impl Node {
             stats: NodeStats::default(),
             transmits_dropped: 0,
             served_bytes_tick: 0,
+            walk_after: now,
         };
         let me = node.me.id;
-        for peer in bootstrap.into_iter().filter(|p| p.id != me).take(MAX_ROOTS) {
-            node.learn(peer);
-            node.roots.push(peer.id);
+        let bootstrap: Vec<PeerInfo> = bootstrap.into_iter().filter(|p| p.id != me).take(MAX_ROOTS).collect();
+        // Roots are the publisher and relays (flagged `relay`); a search walks down from
+        // them, which cannot reach a node's own detached subtree, so no cycle forms. Other
+        // bootstrap peers (viewers we were told of) are mesh contacts only. A bootstrap
+        // list without flagged peers is all roots (an old or hand-made link).
+        let any_flagged = bootstrap.iter().any(|p| p.relay);
+        for peer in &bootstrap {
+            node.learn(*peer);
+            if peer.relay || !any_flagged {
+                node.roots.push(peer.id);
+            }
             node.passive.insert(peer.id);
         }
         if role != Role::Publisher {
-            // Walk down from the strongest bootstrap peer (a relay, else the publisher).
-            // Once mesh neighbours advertise free slots (`Have`), `find_parent` goes to
-            // them directly, which keeps most subscribes off the roots' uplinks.
+            // Walk down from the strongest root (a relay, else the publisher). Mesh
+            // neighbours that advertise free slots (`Have`) are asked first, without a walk,
+            // which keeps subscribes off the roots' uplinks: when we were given mesh
+            // contacts, the walk waits a moment for their first summaries.
             let mut roots = node.roots.clone();
             roots.sort_by_key(|id| std::cmp::Reverse(node.directory.get(id).map_or(0, |p| p.upload_kbps)));
             for s in 0..k {
                 node.stripes[s].candidates = roots.iter().copied().collect();
             }
-            for id in roots.iter().take(node.config.mesh_size.max(1)) {
+            let mut contacts: Vec<NodeId> =
+                bootstrap.iter().map(|p| p.id).filter(|id| !roots.contains(id)).collect();
+            if !contacts.is_empty() {
+                node.walk_after = now + FIRST_SUMMARY_WAIT;
+            }
+            contacts.extend(roots.iter().copied());
+            for id in contacts.iter().take(node.config.mesh_size.max(1)) {
                 node.say_hello(now, *id);
             }
             for s in 0..k {
@@ -364,16 +405,26 @@ impl Node {
         }
         let slots = self.tree_slots();
         let per_stripe = match self.role {
-            Role::Viewer => slots,
+            // Slots lent to other stripes' leaves are taken from the same uplink.
+            Role::Viewer => slots.saturating_sub(self.lent_children(stripe)),
             Role::Publisher | Role::Relay => slots / self.k(),
         };
         per_stripe.clamp(if self.role == Role::Publisher { 1 } else { 0 }, MAX_CHILDREN_PER_STRIPE)
     }
 
+    /// Children we feed in stripes other than `home`: slots lent out (viewers only).
+    fn lent_children(&self, home: usize) -> usize {
+        self.stripes.iter().enumerate().filter(|(s, _)| *s != home).map(|(_, st)| st.children.len()).sum()
+    }
+
     /// Stripe copies our upload carries at [`TREE_UPLOAD_SHARE`].
     fn tree_slots(&self) -> usize {
         let stripe_kbps = (self.config.stream_kbps as f64 / self.k() as f64).max(1.0);
-        (self.config.upload_kbps as f64 * TREE_UPLOAD_SHARE / stripe_kbps).floor() as usize
+        let share = match self.role {
+            Role::Viewer => TREE_UPLOAD_SHARE,
+            Role::Publisher | Role::Relay => ROOT_TREE_UPLOAD_SHARE,
+        };
+        (self.config.upload_kbps as f64 * share / stripe_kbps).floor() as usize
     }
 
     /// A viewer whose home stripe leaves slots unused lends them to *leaves* of other
@@ -511,6 +562,11 @@ impl Node {
             Message::Have(have) => {
                 if let Some(m) = self.mesh.get_mut(&from) {
                     m.have = have;
+                    if have.spare_home > 0 || have.spare_lend > 0 {
+                        for s in 0..self.k() {
+                            self.find_parent(now, s);
+                        }
+                    }
                 }
             }
             Message::Request { seqs } => self.on_request(now, from, seqs),
@@ -541,6 +597,10 @@ impl Node {
             if !was_pending {
                 self.send(from, Message::Hello { info: self.me }, Class::Control);
             }
+            // Our summary at once, not at the next round: a newcomer looks for free slots
+            // in it before walking the trees.
+            let have = self.have();
+            self.send(from, Message::Have(have), Class::Control);
         } else {
             self.add_passive(from);
         }
@@ -584,6 +644,31 @@ impl Node {
             self.adopt(now, from, stripe, starting, resume_from);
             return;
         }
+        // Our home stripe's slots are lent out: the home stripe comes first (lent slots
+        // are spare capacity, and a leaf of another stripe finds another lender more
+        // easily than this stripe finds another interior node). Take one back.
+        if self.interior_in(stripe)
+            && self.role == Role::Viewer
+            && self.stripes[stripe].children.len() < self.tree_slots()
+        {
+            if let Some((lent_stripe, borrower)) = self
+                .stripes
+                .iter()
+                .enumerate()
+                .filter(|(s, _)| *s != stripe)
+                .find_map(|(s, st)| st.children.iter().next().map(|c| (s, *c)))
+            {
+                self.stripes[lent_stripe].children.remove(&borrower);
+                let candidates = self.redirect_candidates(lent_stripe, borrower);
+                self.send(
+                    borrower,
+                    Message::Redirect { stripe: lent_stripe as u8, candidates },
+                    Class::Control,
+                );
+                self.adopt(now, from, stripe, starting, resume_from);
+                return;
+            }
+        }
         // Full. An interior newcomer (one that will forward this stripe) takes the place
         // of a leaf child (SplitStream's push-down: leaves must not hold slots near the
         // root), or of an interior child with far less upload (capacity-ordered trees).
@@ -623,40 +708,37 @@ impl Node {
     fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize, starting: bool, resume_from: u64) {
         self.stripes[stripe].children.insert(child);
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
-        // Fast join, for a newcomer only: the latest keyframe chunk itself (whatever its
-        // stripe: it can start decoding as soon as any one parent accepts it), then this
-        // stripe's chunks after it, oldest first. A node changing parents already has
-        // them; it gets this stripe from `resume_from` instead (what its old parent left
-        // undelivered), within the availability window.
-        let from = if starting {
-            self.latest_keyframe
-        } else {
-            let newest = self.buffer.keys().next_back().copied().unwrap_or(0);
-            Some(resume_from.max(newest.saturating_sub(RESUME_STRIPE_CHUNKS * self.k() as u64)))
-        };
-        if let Some(from) = from {
-            let chunks: Vec<Held> = self
-                .buffer
-                .range(from..)
-                .filter(|(&seq, h)| (starting && seq == from) || h.chunk.stripe as usize == stripe)
-                .map(|(_, h)| h.clone())
-                .collect();
-            for h in chunks {
-                let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk };
-                if starting {
-                    self.send_chunk(now, child, message);
-                } else {
-                    // Repair for a child that changed parents: behind our live chunks
-                    // (Background), so a burst of it never delays the stream to our other
-                    // children, which would make them give up on us in turn.
-                    self.send_with_deadline(
-                        child,
-                        message,
-                        Class::Background,
-                        Some(now + CHUNK_SEND_DEADLINE),
-                    );
-                }
+        if starting {
+            // Fast join: the latest keyframe chunk itself (whatever its stripe: the
+            // newcomer can start decoding as soon as any one parent accepts it), ahead of
+            // everything but the live chunks already queued. The rest of its group the
+            // newcomer pulls from its mesh, a few chunks from each neighbour. Sending the
+            // whole group from here (~1 s of the stripe per newcomer) queued seconds of
+            // it on parents that adopted several newcomers at once, behind which their
+            // repairs for everyone else waited (`rill sim`, 2,000 viewers joining over
+            // 5 s: continuity 0.991 with the group, 0.993 without; p99 939 → 852 ms).
+            if let Some(h) = self.latest_keyframe.and_then(|seq| self.buffer.get(&seq)) {
+                let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
+                self.send_chunk(now, child, message);
             }
+            return;
+        }
+        // A node changing parents gets this stripe from `resume_from` (what its old
+        // parent left undelivered), within the last few of the stripe's chunks, behind
+        // our live chunks (Background): ahead of them, a burst of repair would make every
+        // other child late, and their subtrees with them, and they would give up on us in
+        // turn.
+        let newest = self.buffer.keys().next_back().copied().unwrap_or(0);
+        let from = resume_from.max(newest.saturating_sub(RESUME_STRIPE_CHUNKS * self.k() as u64));
+        let chunks: Vec<Held> = self
+            .buffer
+            .range(from..)
+            .filter(|(_, h)| h.chunk.stripe as usize == stripe)
+            .map(|(_, h)| h.clone())
+            .collect();
+        for h in chunks {
+            let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk };
+            self.send_with_deadline(child, message, Class::Background, Some(now + CHUNK_SEND_DEADLINE));
         }
     }
 
@@ -959,6 +1041,9 @@ impl Node {
             self.subscribe(pick, stripe);
             return;
         }
+        if now < self.walk_after {
+            return;
+        }
         let next = loop {
             let Some(c) = self.stripes[stripe].candidates.pop_front() else { break None };
             if c != self.me.id
@@ -1120,6 +1205,11 @@ impl Node {
             return (0, 0);
         }
         let home = Node::home_stripe(&self.me.id, self.config.stripes);
+        if self.stripes[home].parent.is_none() {
+            // Detached from the home stripe's tree: a child would get nothing, and a
+            // searcher from our own subtree would close a cycle.
+            return (0, 0);
+        }
         let used: usize = self.stripes.iter().map(|s| s.children.len()).sum();
         let free_home = self.child_capacity(home).saturating_sub(self.stripes[home].children.len());
         let lend = self.tree_slots().saturating_sub(used + 1);

@@ -21,7 +21,7 @@ use clap::Args;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use rill_swarm::chunk::{ChannelKey, Chunk};
-use rill_swarm::node::{Role, TREE_UPLOAD_SHARE};
+use rill_swarm::node::{Role, ROOT_TREE_UPLOAD_SHARE};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -60,7 +60,7 @@ pub fn run(args: &RelayArgs) -> Result<()> {
     let stripes = DEFAULT_STRIPES;
     let (stop_tx, stop_rx) = watch::channel(false);
     // One copy of the stream fits the publisher's tree share, not two.
-    let publisher_upload = (f64::from(args.kbps) * 1.5 / TREE_UPLOAD_SHARE) as u32;
+    let publisher_upload = (f64::from(args.kbps) * 1.5 / ROOT_TREE_UPLOAD_SHARE) as u32;
     let base = |role, upload_kbps, bootstrap| -> Result<NodeOptions> {
         Ok(NodeOptions {
             role,

@@ -136,6 +136,9 @@ pub struct Summary {
     pub never_started: u64,
     /// Σ over viewers of the media bytes ingested while they were in the swarm.
     pub media_bytes_owed: u64,
+    /// Per second of stream (by chunk ingest time): (counted pairs, pairs on time). Shows
+    /// when continuity suffered, e.g. around a mass departure.
+    pub by_second: Vec<(u64, u64)>,
 }
 
 impl Summary {
@@ -164,6 +167,11 @@ impl Summary {
             let denominator = rdp_denominator_ns(v.node).max(1) as f64;
             for seq in first..limit {
                 s.counted += 1;
+                let second = (timing.ingest_ns(seq) / 1_000_000_000) as usize;
+                if s.by_second.len() <= second {
+                    s.by_second.resize(second + 1, (0, 0));
+                }
+                s.by_second[second].0 += 1;
                 let i = seq.wrapping_sub(v.base) as usize;
                 let lag = if v.startup_ns.is_some() { v.lag_us.get(i).copied() } else { None };
                 match lag {
@@ -171,6 +179,7 @@ impl Summary {
                         s.lags_us.push(lag);
                         if u64::from(lag) * 1000 <= timing.latency_ns {
                             s.on_time += 1;
+                            s.by_second[second].1 += 1;
                         }
                         let hops = v.hops[i];
                         s.hops_sum += u64::from(hops);
@@ -249,6 +258,8 @@ mod tests {
         assert_eq!(s.lags_us, vec![30_000, 350_000]);
         assert_eq!(s.on_time, 1);
         assert_eq!(s.lost, 5);
+        // Chunks 3..=9 are ingested at 200..=500 ms: all in second 0.
+        assert_eq!(s.by_second, vec![(7, 1)]);
         assert_eq!((s.hops_sum, s.hops_max), (5, 3));
         assert!((s.rdp_sum - (0.3 + 3.5)).abs() < 1e-9);
         assert_eq!(s.startup_ns, vec![40_000_000]);

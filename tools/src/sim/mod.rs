@@ -156,6 +156,7 @@ pub fn figures(name: &str, seed: u64, commit: Option<&str>, r: &Results, wall_s:
         "lag_floor_p50_ms": floor(50.0),
         "lag_floor_formula": floor::FORMULA,
         "continuity_index": ratio(s.on_time as f64, s.counted as f64),
+        "continuity_by_s": s.by_second.iter().map(|&(counted, on_time)| ratio(on_time as f64, counted as f64)).collect::<Vec<_>>(),
         "lost_chunks": s.lost,
         "late_chunks": s.received() - s.on_time,
         "startup_ms": { "p50": startup(50.0), "p95": startup(95.0) },
@@ -174,6 +175,7 @@ pub fn figures(name: &str, seed: u64, commit: Option<&str>, r: &Results, wall_s:
         "upload_utilisation": { "p50": upload(50.0), "p95": upload(95.0), "max": upload(100.0) },
         "publisher_upload_utilisation": round(r.publisher_utilisation, 4),
         "queue_drops": r.queue_drops,
+        "queue_wait_ms": { "push": wait_json(&r.queue_wait_push), "repair": wait_json(&r.queue_wait_repair) },
         "abandoned": r.abandoned,
         "forged_chunks": r.stats.forged_chunks,
         "reparents": r.stats.reparents,
@@ -199,6 +201,11 @@ pub fn figures(name: &str, seed: u64, commit: Option<&str>, r: &Results, wall_s:
         }
     }
     Value::Object(m)
+}
+
+fn wait_json(h: &rill_viewer::LagHistogram) -> Value {
+    let p = |q: f64| h.percentile_us(q).map(|us| round(us as f64 / 1e3, 1));
+    json!({ "p50": p(0.5), "p99": p(0.99), "max": h.max_us().map(|us| round(us as f64 / 1e3, 1)) })
 }
 
 fn by_message(bytes: &[u64; run::MESSAGE_KINDS]) -> Value {
@@ -240,6 +247,10 @@ fn explain(key: &str) -> &'static str {
         "wire_bytes_by_message" => "wire bytes by message type, acks aside",
         "publisher_wire_bytes_by_message" => "the same, publisher only",
         "unroutable" => "messages to unknown node ids",
+        "continuity_by_s" => "continuity index per second of stream (by ingest time)",
+        "queue_wait_ms" => {
+            "chunk messages' wait in the sender's upload queue: tree pushes / repairs (p50 p99 max)"
+        }
         "abandoned" => "messages not sent: their send deadline passed in the upload queue",
         "forged_chunks" => "chunks that failed verification",
         "reparents" => "tree parents replaced (node counters, summed)",
@@ -274,6 +285,7 @@ fn print_report(v: &Value) {
                 Value::Object(o) => {
                     o.iter().map(|(n, x)| format!("{n} {}", text(x))).collect::<Vec<_>>().join("  ")
                 }
+                Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(" "),
                 other => text(other),
             };
             (k.clone(), value, explain(k))

@@ -19,7 +19,8 @@ use rill_swarm::chunk::{ChannelId, ChannelKey, Chunk};
 use rill_swarm::message::{Message, PeerInfo};
 use rill_swarm::node::{Node, NodeConfig, NodeEvent, NodeStats, Role, Transmit};
 use rill_swarm::NodeId;
-use rill_transport::SessionConfig;
+use rill_transport::{Class, SessionConfig};
+use rill_viewer::LagHistogram;
 
 use super::floor;
 use super::metrics::{Summary, Timing, ViewerRec};
@@ -66,6 +67,10 @@ pub struct Results {
     /// The same, publisher only.
     pub publisher_bytes_by_message: [u64; MESSAGE_KINDS],
     pub queue_drops: u64,
+    /// Time chunk messages waited in their sender's upload queue before they started to
+    /// leave: pushed down a tree (Stream class) and sent as repairs (Background).
+    pub queue_wait_push: LagHistogram,
+    pub queue_wait_repair: LagHistogram,
     /// Messages whose send deadline passed while they waited in the upload queue.
     pub abandoned: u64,
     /// Messages addressed to a node id that does not exist.
@@ -160,6 +165,9 @@ struct Flight {
     /// Data packets sent including retransmissions (the receiver acks them).
     packets_sent: u64,
     kind: u8,
+    /// When it entered the upload queue, and in which class.
+    queued_ns: u64,
+    class: Class,
     message: Option<Message>,
 }
 
@@ -203,6 +211,8 @@ struct World {
     bytes_by_message: [u64; MESSAGE_KINDS],
     publisher_bytes_by_message: [u64; MESSAGE_KINDS],
     queue_drops: u64,
+    queue_wait_push: LagHistogram,
+    queue_wait_repair: LagHistogram,
     abandoned: u64,
     unroutable: u64,
     to_departed: u64,
@@ -284,6 +294,8 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
         bytes_by_message: [0; MESSAGE_KINDS],
         publisher_bytes_by_message: [0; MESSAGE_KINDS],
         queue_drops: 0,
+        queue_wait_push: LagHistogram::new(),
+        queue_wait_repair: LagHistogram::new(),
         abandoned: 0,
         unroutable: 0,
         to_departed: 0,
@@ -427,6 +439,8 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
         bytes_by_message: w.bytes_by_message,
         publisher_bytes_by_message: w.publisher_bytes_by_message,
         queue_drops: w.queue_drops,
+        queue_wait_push: w.queue_wait_push.clone(),
+        queue_wait_repair: w.queue_wait_repair.clone(),
         abandoned: w.abandoned,
         unroutable: w.unroutable,
         to_departed: w.to_departed,
@@ -438,6 +452,7 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
 
 /// Message types, for the byte breakdown.
 pub const MESSAGE_KINDS: usize = 10;
+const KIND_CHUNK: usize = 8;
 pub const MESSAGE_KIND_NAMES: [&str; MESSAGE_KINDS] =
     ["hello", "peers", "subscribe", "accept", "redirect", "unsubscribe", "have", "request", "chunk", "leave"];
 
@@ -451,7 +466,7 @@ fn message_kind(m: &Message) -> usize {
         Message::Unsubscribe { .. } => 5,
         Message::Have(_) => 6,
         Message::Request { .. } => 7,
-        Message::Chunk { .. } => 8,
+        Message::Chunk { .. } => KIND_CHUNK,
         Message::Leave => 9,
     }
 }
@@ -494,7 +509,7 @@ impl World {
         let id = NodeId(id);
         let n = i + 1;
         let addr = SocketAddr::from((Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8), 4100));
-        let info = PeerInfo { id, addr, upload_kbps, relay: role == Role::Relay };
+        let info = PeerInfo { id, addr, upload_kbps, relay: role != Role::Viewer };
         self.index.insert(id, i);
         self.slots.push(Slot {
             info,
@@ -559,6 +574,8 @@ impl World {
             deadline_ns: t.deadline.map_or(u64::MAX, |d| self.ns(d)),
             packets_sent: u64::from(wire.packets),
             kind: message_kind(&t.message) as u8,
+            queued_ns: self.now,
+            class: t.class,
             message: Some(t.message),
         };
         let f = match self.free_flights.pop() {
@@ -602,7 +619,15 @@ impl World {
             }
             let done =
                 self.now + net::serialization_ns(self.flights[f as usize].wire.bytes, slot.info.upload_kbps);
-            self.flights[f as usize].started_ns = self.now;
+            let fl = &mut self.flights[f as usize];
+            fl.started_ns = self.now;
+            if usize::from(fl.kind) == KIND_CHUNK {
+                let wait_us = (self.now - fl.queued_ns) / 1000;
+                match fl.class {
+                    Class::Background => self.queue_wait_repair.record(wait_us),
+                    _ => self.queue_wait_push.record(wait_us),
+                }
+            }
             self.push(done, Kind::UploadDone(i));
             return;
         }
