@@ -157,6 +157,7 @@ pub struct Testbed {
     impairments: Arc<Mutex<Impairments>>,
     forwarder: Option<Forwarder>,
     upload_htb: bool,
+    scratch: std::path::PathBuf,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -240,7 +241,9 @@ impl Testbed {
             impairments: impairments.clone(),
             forwarder: None,
             upload_htb: false,
+            scratch: std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id())),
         };
+        std::fs::create_dir_all(&tb.scratch).with_context(|| format!("creating {}", tb.scratch.display()))?;
         tracing::debug!("testbed {tag}: router namespace {router}");
         tb.add_namespace(&router)?;
         sysctls(&router, &[("net.ipv4.ip_forward", "1")])?;
@@ -449,11 +452,21 @@ impl Testbed {
         self.forwarder.as_ref().map_or((0, 0), |f| f.drops())
     }
 
+    /// Pids of every process spawned by this testbed (exited or not).
+    pub fn children_pids(&self) -> Vec<u32> {
+        self.children.iter().map(|t| t.child.id()).collect()
+    }
+
     /// Pids of the processes spawned and not yet reaped.
     pub fn live_children(&mut self) -> Vec<u32> {
         let ids: Vec<ChildId> = (0..self.children.len()).map(ChildId).collect();
         let live: Vec<ChildId> = ids.into_iter().filter(|&c| matches!(self.try_wait(c), Ok(None))).collect();
         live.into_iter().map(|c| self.child_pid(c)).collect()
+    }
+
+    /// A directory for this run's files (keys, logs); removed at cleanup.
+    pub fn scratch_dir(&self) -> &std::path::Path {
+        &self.scratch
     }
 
     /// The namespace-name prefix of this run (`rilltb<pid>-`).
@@ -643,6 +656,11 @@ impl Testbed {
             delete_namespace(ns);
         }
         self.namespaces.clear();
+        if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("rill testbed: cleanup: removing {}: {e}", self.scratch.display());
+            }
+        }
     }
 }
 
@@ -809,6 +827,14 @@ fn sweep_stale() {
     for ns in dead {
         eprintln!("rill testbed: removing namespace {ns} left by an earlier run");
         delete_namespace(&ns);
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
