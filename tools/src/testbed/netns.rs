@@ -134,6 +134,8 @@ struct Host {
     /// The address the router sees: the host's, or its NAT's outside address.
     public: Ipv4Addr,
     nat_ns: Option<String>,
+    /// Link number: the router's end of the access link is `h<link>`.
+    link: usize,
 }
 
 #[derive(Debug)]
@@ -277,6 +279,7 @@ impl Testbed {
             addr: host_addr,
             public: host_addr,
             nat_ns: None,
+            link,
         });
         Ok(HostId(self.hosts.len() - 1))
     }
@@ -312,6 +315,7 @@ impl Testbed {
             addr: host_addr,
             public: nat_outside,
             nat_ns: Some(nat),
+            link,
         });
         Ok(HostId(self.hosts.len() - 1))
     }
@@ -334,6 +338,12 @@ impl Testbed {
     /// The namespace of a NATed host's NAT (`None` for a host on the router directly).
     pub fn nat_namespace(&self, h: HostId) -> Option<&str> {
         self.hosts[h.0].nat_ns.as_deref()
+    }
+
+    /// The router's interface toward the host (its download qdisc sits on it), for
+    /// `tc -s qdisc show dev ...` via [`Testbed::exec_in_router`].
+    pub fn router_interface(&self, h: HostId) -> String {
+        format!("h{}", self.hosts[h.0].link)
     }
 
     /// The name given to [`Testbed::add_host`].
