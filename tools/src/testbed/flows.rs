@@ -15,13 +15,14 @@ use super::probe::Lines;
 /// How long a stopped program gets to print its summary before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// The `rill` binary to run in the namespaces: `$RILL_EXE`, else this executable (tests
-/// run from a test binary and set `RILL_EXE` to cargo's `CARGO_BIN_EXE_rill`).
+/// The `rill` binary to run in the namespaces: `$RILL_EXE`, else this very executable
+/// through `/proc/self/exe` (the forked child's own image, which is ours): a rebuild
+/// during a long run replaces the file on disk, and a run must not mix two builds.
 pub fn rill_exe() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("RILL_EXE") {
         return Ok(PathBuf::from(p));
     }
-    std::env::current_exe().context("finding the rill executable")
+    Ok(PathBuf::from("/proc/self/exe"))
 }
 
 /// A program running in a namespace.

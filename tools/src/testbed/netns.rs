@@ -358,7 +358,8 @@ impl Testbed {
 
     /// Run `cmd` in the host's namespace, in its own process group, with the stdio the
     /// caller set. Tracked: killed (whole group) at cleanup, and by the kernel if this
-    /// process dies (`PR_SET_PDEATHSIG`).
+    /// process dies (`PR_SET_PDEATHSIG`; note that the kernel ties it to the spawning
+    /// *thread*: spawn from a thread that outlives the child, e.g. the main thread).
     pub fn spawn(&mut self, h: HostId, cmd: &mut Command) -> Result<ChildId> {
         let ns = self.hosts[h.0].ns.clone();
         self.spawn_in(&ns, cmd)
