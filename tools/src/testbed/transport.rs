@@ -9,7 +9,9 @@
 //!   (`rill bench transport --connect --class background`), then kernel TCP CUBIC and BBR
 //!   (`iperf3 -C`). Per flow: `standing_queue_ms` p50/p95 from `ping -i 0.02` snd → rcv
 //!   (through the bottleneck): RTT minus the idle path's minimum RTT, measured by 100
-//!   pings before any flow; `goodput_mbps` at the receiver; `utilisation` = goodput / rate.
+//!   pings before any flow; `goodput_mbps` at the receiver; `utilisation` = goodput / rate
+//!   (application bytes: headers cap it near 0.96 at a 1500-byte MTU); `wire_utilisation`
+//!   = bytes the tbf sent / rate over the same window, headers and all.
 //! - **sharing** (250 ms of buffer): at once, a rill stream-class session offering
 //!   4 Mbit/s in 16 KiB messages with a 1 s deadline, a rill background session, and one
 //!   TCP CUBIC bulk flow. `stream_on_time` = stream messages the receiver held complete by
@@ -183,13 +185,38 @@ fn standing_queue(lines: &[(Instant, String)], min_rtt_ms: f64, from: f64, to: f
     (json!({"p50": p(50.0), "p95": p(95.0)}), q.len())
 }
 
-/// Packets the bottleneck tbf dropped so far (`tc -s qdisc`: "dropped N").
-fn bottleneck_drops(p: &Path) -> Option<u64> {
+/// A counter of the bottleneck tbf (`tc -s qdisc`: "Sent N bytes", "dropped N").
+fn bottleneck_counter(p: &Path, before: &str) -> Option<u64> {
     let out =
         p.tb.exec_in_router(&["tc", "-s", "qdisc", "show", "dev", &p.tb.router_interface(p.rcv)]).ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let after = text.split("dropped ").nth(1)?;
+    tc_counter(&String::from_utf8_lossy(&out.stdout), before)
+}
+
+/// The number after the first `before` in `tc -s` output.
+fn tc_counter(text: &str, before: &str) -> Option<u64> {
+    let after = text.split(before).nth(1)?;
     after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Packets the bottleneck tbf dropped so far.
+fn bottleneck_drops(p: &Path) -> Option<u64> {
+    bottleneck_counter(p, "dropped ")
+}
+
+/// Wire utilisation: bytes the bottleneck sent (Ethernet frames, what tbf's rate counts)
+/// from `start + warmup` to `start + duration`, over the rate. Sleeps until then; unlike
+/// `utilisation` (goodput / rate) it counts headers, acks and retransmissions.
+fn wire_utilisation(p: &Path, start: Instant, warmup: Duration, duration: Duration) -> Result<Option<f64>> {
+    netns::sleep((start + warmup).saturating_duration_since(Instant::now()))?;
+    let (t0, b0) = (Instant::now(), bottleneck_counter(p, "Sent "));
+    netns::sleep((start + duration).saturating_duration_since(Instant::now()))?;
+    let (t1, b1) = (Instant::now(), bottleneck_counter(p, "Sent "));
+    Ok(match (b0, b1) {
+        (Some(b0), Some(b1)) if t1 > t0 => {
+            Some(b1.saturating_sub(b0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / (RATE_KBPS as f64 * 1000.0))
+        }
+        _ => None,
+    })
 }
 
 fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> Result<()> {
@@ -202,7 +229,7 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
         let to = p.tb.public_addr(p.rcv);
         let probe = flows::ping(&mut p.tb, p.snd, to, PROBE_INTERVAL, duration + SLACK)?;
         let mut row = meta("bottleneck", flow.name(), BOTTLENECK_BUFFER_MS, duration);
-        let (start_unix, start, end, goodput) = match flow {
+        let (start_unix, start, end, goodput, wire) = match flow {
             Flow::Rill => {
                 let listener = flows::rill_listener(&mut p.tb, p.rcv, port, duration + SLACK * 2)?;
                 netns::sleep(SETTLE)?;
@@ -215,6 +242,7 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
                     None,
                     duration,
                 )?;
+                let wire = wire_utilisation(&p, start, w, duration)?;
                 let sent = probe::json_lines(&flows::wait(&mut p.tb, &sender, duration + SLACK)?);
                 let end = Instant::now();
                 let received = probe::json_lines(&flows::stop(&mut p.tb, &listener)?);
@@ -223,13 +251,14 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
                     row.insert("packets_lost".into(), s.get("packets_lost").cloned().unwrap_or(Value::Null));
                     row.insert("controller".into(), s.get("controller").cloned().unwrap_or(Value::Null));
                 }
-                (start_unix, start, end, goodput)
+                (start_unix, start, end, goodput, wire)
             }
             Flow::Cubic | Flow::Bbr => {
                 let server = flows::iperf3_server(&mut p.tb, p.rcv, port)?;
                 netns::sleep(SETTLE)?;
                 let (start_unix, start) = (unix_now(), Instant::now());
                 let client = flows::iperf3_client(&mut p.tb, p.snd, to, port, flow.name(), duration)?;
+                let wire = wire_utilisation(&p, start, w, duration)?;
                 let sent = flows::wait(&mut p.tb, &client, duration + SLACK)?;
                 let end = Instant::now();
                 let received = flows::wait(&mut p.tb, &server, SLACK)?;
@@ -237,7 +266,7 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
                 if let Some(r) = probe::parse_iperf3(&joined(&sent)) {
                     row.insert("retransmits".into(), json!(r.retransmits));
                 }
-                (start_unix, start, end, goodput)
+                (start_unix, start, end, goodput, wire)
             }
         };
         let probe_lines = flows::stop(&mut p.tb, &probe)?;
@@ -248,6 +277,7 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
         row.insert("standing_queue_ms".into(), queue);
         row.insert("utilisation".into(), json!(round(goodput * 1000.0 / RATE_KBPS as f64, 3)));
         row.insert("goodput_mbps".into(), json!(round(goodput, 2)));
+        row.insert("wire_utilisation".into(), json!(wire.map(|u| round(u, 3))));
         row.insert("min_rtt_ms".into(), json!(round(p.min_rtt_ms, 2)));
         row.insert("probe_samples".into(), json!(samples));
         if let (Some(a), Some(b)) = (drops_before, bottleneck_drops(&p)) {
@@ -373,6 +403,15 @@ mod tests {
         let (q, n) = standing_queue(&lines, 40.0, 100.0, 103.0);
         assert_eq!(n, 3);
         assert_eq!(q, json!({"p50": 20.0, "p95": 100.0}));
+    }
+
+    #[test]
+    fn reads_tc_counters() {
+        let text = "qdisc tbf 8001: root refcnt 2 rate 20Mbit burst 4542b lat 1.0s \n \
+                    Sent 37520918 bytes 24790 pkt (dropped 57, overlimits 30915 requeues 0) \n";
+        assert_eq!(tc_counter(text, "Sent "), Some(37_520_918));
+        assert_eq!(tc_counter(text, "dropped "), Some(57));
+        assert_eq!(tc_counter(text, "nothing "), None);
     }
 
     #[test]
