@@ -339,7 +339,7 @@ fn targets_list(targets: &Map<String, Value>) -> String {
 }
 
 /// A Markdown table: one row per figure, one column per run (runs are few, figures many).
-/// Columns are named by a row's `scenario` (or `name`) if it has one.
+/// Columns are named by a row's `scenario`, `flow` and `name`, those it has.
 pub fn figures_table(rows: &[Map<String, Value>]) -> String {
     let flat: Vec<Vec<(String, String)>> =
         rows.iter().map(|r| flatten_figures(&Value::Object(r.clone()))).collect();
@@ -355,10 +355,15 @@ pub fn figures_table(rows: &[Map<String, Value>]) -> String {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            ["scenario", "name"]
+            let parts: Vec<&str> = ["scenario", "flow", "name"]
                 .iter()
-                .find_map(|k| r.get(*k).and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_else(|| format!("run {}", i + 1))
+                .filter_map(|k| r.get(*k).and_then(Value::as_str))
+                .collect();
+            if parts.is_empty() {
+                format!("run {}", i + 1)
+            } else {
+                parts.join(" / ")
+            }
         })
         .collect();
     let cell = |t: &str| t.replace('|', "\\|");
@@ -403,7 +408,7 @@ mod tests {
     fn tables_have_a_column_per_run_and_a_row_per_figure() {
         let rows = parse_rows(
             &[
-                json!({"scenario": "a", "lag_ms": {"p50": 1.5}, "targets": {"x": {"value": 1}}}),
+                json!({"scenario": "a", "flow": "f", "lag_ms": {"p50": 1.5}, "targets": {"x": {"value": 1}}}),
                 json!({"y": "p|q"}),
             ]
             .iter()
@@ -413,7 +418,7 @@ mod tests {
         let t = figures_table(&rows);
         assert_eq!(
             t,
-            "| figure | a | run 2 |\n|---|---:|---:|\n| `scenario` | a |  |\n| `lag_ms.p50` | 1.5 |  |\n| `y` |  | p\\|q |\n"
+            "| figure | a / f | run 2 |\n|---|---:|---:|\n| `scenario` | a |  |\n| `flow` | f |  |\n| `lag_ms.p50` | 1.5 |  |\n| `y` |  | p\\|q |\n"
         );
     }
 
