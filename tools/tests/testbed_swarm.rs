@@ -23,10 +23,16 @@ fn a_small_swarm_delivers_the_sample_byte_for_byte_and_leaves_nothing() {
         eprintln!("a_small_swarm_delivers_the_sample_byte_for_byte_and_leaves_nothing: skipped: needs root");
         return;
     }
-    let out = Command::new(RILL)
+    let child = Command::new(RILL)
         .args(["testbed", "swarm", "--nodes", "3", "--verify-output", "--json"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run rill");
+    // The testbed names its namespaces `rilltb<pid>-…` after its own pid: only those are
+    // this run's (another run may be going on beside the test).
+    let prefix = format!("rilltb{}-", child.id());
+    let out = child.wait_with_output().expect("run rill");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {}: {stdout}\n{stderr}", out.status);
@@ -37,8 +43,7 @@ fn a_small_swarm_delivers_the_sample_byte_for_byte_and_leaves_nothing() {
     assert_eq!(checks["leftovers"], 0, "{v}");
     assert_eq!(checks["failures"], serde_json::json!([]), "{v}");
     assert!(v["arrival_lag_pairs"].as_u64().unwrap_or(0) > 0, "{v}");
-    let mine: Vec<String> =
-        our_namespaces().into_iter().filter(|n| n.contains("-v0") || n.contains("-pub")).collect();
+    let mine: Vec<String> = our_namespaces().into_iter().filter(|n| n.starts_with(&prefix)).collect();
     assert!(mine.is_empty(), "left behind: {mine:?}");
 }
 
