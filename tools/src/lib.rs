@@ -5,9 +5,11 @@
 //! - [`live`]: `keygen`, `publish`, `watch`, `relay`, `demo` and the node task they share.
 //! - [`bench`]: `rill bench`.
 //! - [`sim`]: `rill sim`, the deterministic swarm simulator.
+//! - [`testbed`]: `rill testbed`, real processes on emulated networks of namespaces.
 
 pub mod bench;
 pub mod live;
 pub mod node_key;
 pub mod sim;
 pub mod table;
+pub mod testbed;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use rill_tools::{bench, live, sim};
+use rill_tools::{bench, live, sim, testbed};
 
 #[derive(Debug, Parser)]
 #[command(name = "rill", version, about = "Peer-to-peer live streaming with the least delay physics allows")]
@@ -34,6 +34,9 @@ enum Command {
     /// Simulate a whole swarm of real nodes on a virtual network, deterministically, and
     /// print its figures (names from shared/METRICS.md).
     Sim(sim::SimArgs),
+    /// Real processes on an emulated network of namespaces, veths, qdiscs and a delay/loss
+    /// forwarder on this machine (root): transport and swarm benchmarks, a CI check.
+    Testbed(testbed::TestbedArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench { what } => bench::run(what).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => sim::run(&args),
+        Command::Testbed(args) => testbed::run(&args),
         Command::Keygen(args) => live::keygen::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Publish(args) => live::publish::run(&args),
         Command::Watch(args) => live::watch::run(&args),

@@ -66,6 +66,40 @@ impl Report {
     }
 }
 
+/// One run's figures as `name value` lines, nested names joined with dots (a summary
+/// with more figures than a table row can show).
+pub fn print_figures(title: &str, figures: &Value) {
+    let rows = flatten_figures(figures);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    println!("{title}");
+    for (k, v) in rows {
+        println!("  {k:<width$}  {v}");
+    }
+    println!();
+}
+
+/// `(dotted.name, text)` of every figure in an object, in its order. Numbers keep the
+/// digits their producer rounded them to (a continuity index of 0.9995 must not read 1.000).
+pub fn flatten_figures(figures: &Value) -> Vec<(String, String)> {
+    fn walk(prefix: &str, v: &Value, rows: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, v)| walk(&format!("{prefix}.{k}"), v, rows)),
+            Value::String(s) => rows.push((prefix.to_string(), s.clone())),
+            Value::Array(a) => {
+                let items: Vec<String> =
+                    a.iter().map(|x| x.as_str().map_or(x.to_string(), str::to_string)).collect();
+                rows.push((prefix.to_string(), items.join("; ")));
+            }
+            other => rows.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let mut rows = Vec::new();
+    if let Value::Object(m) = figures {
+        m.iter().for_each(|(k, v)| walk(k, v, &mut rows));
+    }
+    rows
+}
+
 fn flatten(prefix: &str, v: &Value, f: &mut dyn FnMut(&str, String)) {
     match v {
         Value::Object(m) => {

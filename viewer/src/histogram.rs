@@ -83,6 +83,27 @@ impl LagHistogram {
         self.sum_us.checked_div(self.count)
     }
 
+    /// Records `n` values of `value_us` at once (a histogram rebuilt from [`Self::buckets`]
+    /// of another process).
+    pub fn record_n(&mut self, value_us: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counts[bucket_of(value_us)] += n;
+        self.count += n;
+        self.min_us = self.min_us.min(value_us);
+        self.max_us = self.max_us.max(value_us);
+        self.sum_us = self.sum_us.saturating_add(value_us.saturating_mul(n));
+    }
+
+    /// The non-empty buckets, ascending, as (largest value the bucket holds in µs, count).
+    /// Recording each with [`Self::record_n`] rebuilds the same counts elsewhere, so
+    /// percentiles over several processes' values are exact to the bucket width (min, max
+    /// and mean then read as bucket edges).
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.counts.iter().enumerate().filter(|(_, &n)| n > 0).map(|(i, &n)| (bucket_upper_us(i), n))
+    }
+
     /// Adds `other`'s values to `self` (figures over several viewers).
     pub fn merge(&mut self, other: &LagHistogram) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
@@ -191,6 +212,25 @@ mod tests {
         let p50 = interval.percentile_us(0.5).unwrap();
         assert!((49_000..=51_000).contains(&p50), "{p50}");
         assert_eq!(interval.mean_us(), Some(50_000));
+    }
+
+    #[test]
+    fn buckets_rebuild_the_same_percentiles() {
+        let mut a = LagHistogram::new();
+        for v in [3u64, 70, 70, 999, 12_345, 250_000, 250_001] {
+            a.record(v);
+        }
+        let mut b = LagHistogram::new();
+        for (upper, n) in a.buckets() {
+            b.record_n(upper, n);
+        }
+        assert_eq!(b.count(), a.count());
+        for p in [0.1, 0.5, 0.9, 0.99] {
+            let (x, y) = (a.percentile_us(p).unwrap(), b.percentile_us(p).unwrap());
+            assert!(x <= y && y - x <= x / 64 + 1, "p{p}: {x} vs {y}");
+        }
+        b.record_n(5, 0);
+        assert_eq!(b.count(), a.count());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use super::node::NodeSnapshot;
+use super::publish::IngestSnapshot;
 use super::watch::PlayerSnapshot;
 use rill_viewer::LagHistogram;
 
@@ -165,6 +166,26 @@ pub fn lag_json(h: &LagHistogram) -> Value {
     json!({ "p50": p(0.5), "p95": p(0.95), "p99": p(0.99), "max": h.max_us().map(ms) })
 }
 
+/// A histogram's values as `[[bucket's largest value, count], …]` (µs, ascending, empty
+/// buckets left out). `--stats-json` carries each second's new arrival lags in this form,
+/// so a reader can merge any set of viewers and seconds into one distribution
+/// ([`hist_from_json`]) where per-viewer percentiles could not be combined.
+pub fn hist_json(h: &LagHistogram) -> Value {
+    Value::Array(h.buckets().map(|(upper, n)| json!([upper, n])).collect())
+}
+
+/// Adds the values of a [`hist_json`] array to `into`. Err names what is malformed.
+pub fn hist_from_json(value: &Value, into: &mut LagHistogram) -> Result<()> {
+    let buckets = value.as_array().context("a histogram is an array of [µs, count] pairs")?;
+    for b in buckets {
+        let pair = b.as_array().filter(|p| p.len() == 2);
+        let parsed = pair.and_then(|p| Some((p[0].as_u64()?, p[1].as_u64()?)));
+        let (upper_us, n) = parsed.with_context(|| format!("histogram bucket {b} is not [µs, count]"))?;
+        into.record_n(upper_us, n);
+    }
+    Ok(())
+}
+
 /// The node's figures as JSON (METRICS.md names), with rates over `interval` from the
 /// previous snapshot.
 pub fn node_json(now: &NodeSnapshot, before: &NodeSnapshot, interval: Duration) -> Map<String, Value> {
@@ -176,7 +197,7 @@ pub fn node_json(now: &NodeSnapshot, before: &NodeSnapshot, interval: Duration) 
     } else {
         0.0
     };
-    let received = now.arrival_lag.count();
+    let received = now.chunks_received;
     let mut m = Map::new();
     m.insert("uptime_s".into(), json!((now.uptime.as_secs_f64() * 10.0).round() / 10.0));
     m.insert("node_id".into(), json!(now.node_id));
@@ -187,11 +208,20 @@ pub fn node_json(now: &NodeSnapshot, before: &NodeSnapshot, interval: Duration) 
     m.insert("chunks_received".into(), json!(received));
     m.insert("chunks_published".into(), json!(now.chunks_published));
     m.insert("arrival_lag_ms".into(), lag_json(&now.arrival_lag));
+    m.insert("arrival_lag_hist_us".into(), hist_json(&now.arrival_lag.since(&before.arrival_lag)));
     m.insert(
         "hop_count_mean".into(),
         json!(if received > 0 { now.hop_count_sum as f64 / received as f64 } else { 0.0 }),
     );
     m.insert("duplicate_ratio".into(), json!((duplicate_ratio * 1000.0).round() / 1000.0));
+    m.insert("useful_payload_bytes".into(), json!(dup.useful_payload_bytes));
+    m.insert("duplicate_payload_bytes".into(), json!(dup.duplicate_payload_bytes));
+    let mut from: Map<String, Value> =
+        now.chunks_from.iter().map(|(id, n)| (id.to_string(), json!(n))).collect();
+    if now.chunks_from_others > 0 {
+        from.insert("others".into(), json!(now.chunks_from_others));
+    }
+    m.insert("chunks_from".into(), Value::Object(from));
     m.insert("forged_chunks".into(), json!(now.swarm.forged_chunks));
     m.insert("reparents".into(), json!(now.swarm.reparents));
     m.insert("upload_bps".into(), json!(rate(now.bytes_sent, before.bytes_sent)));
@@ -201,6 +231,9 @@ pub fn node_json(now: &NodeSnapshot, before: &NodeSnapshot, interval: Duration) 
     m.insert("handshake_failures".into(), json!(now.handshake_failures));
     m.insert("malformed_messages".into(), json!(now.malformed_messages));
     m.insert("send_failures".into(), json!(now.send_failures));
+    m.insert("send_queue_bytes".into(), json!(now.send_queue_bytes));
+    m.insert("packets_lost".into(), json!(now.packets_lost));
+    m.insert("retransmitted_bytes".into(), json!(now.retransmitted_bytes));
     m
 }
 
@@ -215,11 +248,13 @@ pub fn human_rate(bps: f64) -> String {
     }
 }
 
-/// Once a second: the status line and `--stats-json`. Returns when shutdown is requested.
+/// Once a second: the status line and `--stats-json`. Returns when shutdown is requested,
+/// after writing the final figures.
 pub async fn report_loop(
     role: &'static str,
     node: Arc<Mutex<NodeSnapshot>>,
     player: Option<Arc<Mutex<PlayerSnapshot>>>,
+    ingest: Option<Arc<Mutex<IngestSnapshot>>>,
     stats_json: Option<PathBuf>,
     quiet: bool,
     mut shutdown: watch::Receiver<bool>,
@@ -234,13 +269,12 @@ pub async fn report_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => {
-                status.finish();
-                return Ok(());
-            }
-        }
+        // On shutdown one last object is written, so `--stats-json` ends with the final
+        // figures (up to the stop, not up to the last whole second).
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
         let now_snap = node.lock().map(|s| s.clone()).unwrap_or_default();
         let interval = last.elapsed();
         last = Instant::now();
@@ -250,6 +284,9 @@ pub async fn report_loop(
         let player_snap = player.as_ref().map(|p| p.lock().map(|s| s.clone()).unwrap_or_default());
         if let Some(p) = &player_snap {
             object.extend(p.json());
+        }
+        if let Some(i) = &ingest {
+            object.extend(i.lock().map(|s| s.json()).unwrap_or_default());
         }
         if let Some(out) = &mut json_out {
             out.write(&object)?;
@@ -267,6 +304,10 @@ pub async fn report_loop(
                 ms(p.playout.buffered_us).round(),
                 p.playout.lost_chunks
             ));
+        }
+        if stopping {
+            status.finish();
+            return Ok(());
         }
         status.show(&line);
         before = now_snap;

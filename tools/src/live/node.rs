@@ -79,6 +79,10 @@ pub const CHUNK_DURATION: Duration = Duration::from_millis(25);
 /// Mesh neighbours (HyParView's active view: log(N) + c, about 5–8 for thousands of nodes).
 pub const MESH_SIZE: usize = 8;
 
+/// Senders told apart in [`NodeSnapshot::chunks_from`]: a node's parents and pull sources
+/// over a run are a few dozen even under churn, so 64 covers them and bounds the map.
+pub const CHUNKS_FROM_PEERS: usize = 64;
+
 /// Figures of a running node, refreshed every [`SNAPSHOT_INTERVAL`]. Names follow
 /// shared/METRICS.md.
 #[derive(Debug, Clone, Default)]
@@ -93,9 +97,22 @@ pub struct NodeSnapshot {
     pub stripes: usize,
     pub children: usize,
     pub swarm: NodeStats,
-    /// Arrival lag of every chunk received, µs.
+    /// Arrival lag, µs, of each chunk ingested at or after this node's startup (when it
+    /// first held a keyframe chunk): the (viewer, chunk) pairs METRICS.md and `rill sim`
+    /// count. The backlog a joining node is handed first (fast join starts it at the
+    /// current keyframe group, up to a group old) is what startup delay measures.
     pub arrival_lag: LagHistogram,
+    /// UNIX µs of startup (the first keyframe chunk held).
+    pub started_us: Option<u64>,
+    /// New chunks received, the join backlog included.
+    pub chunks_received: u64,
+    /// Hops summed over `chunks_received`.
     pub hop_count_sum: u64,
+    /// New chunks by the peer that delivered them (who feeds this node). Bound: the first
+    /// [`CHUNKS_FROM_PEERS`] senders; chunks from any later one count in
+    /// `chunks_from_others`.
+    pub chunks_from: BTreeMap<NodeId, u64>,
+    pub chunks_from_others: u64,
     pub chunks_published: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -112,6 +129,12 @@ pub struct NodeSnapshot {
     /// Transport handshake failures (wrong psk, wrong node key, forged packets).
     pub handshake_failures: u64,
     pub auth_failures: u64,
+    /// Over the sessions open now: bytes queued to send and not yet acknowledged (a
+    /// standing send queue is lag no network probe sees), packets declared lost and bytes
+    /// retransmitted.
+    pub send_queue_bytes: u64,
+    pub packets_lost: u64,
+    pub retransmitted_bytes: u64,
     pub uptime: Duration,
     /// CPU time of the thread running the node task (meaningful when the task has a
     /// thread of its own, as in `rill bench relay`).
@@ -419,11 +442,24 @@ impl LiveNode {
 
     fn on_swarm_event(&mut self, event: NodeEvent, output: Option<&mpsc::Sender<Chunk>>) {
         match event {
-            NodeEvent::Chunk { seq, ingest_us, hops, from, .. } => {
-                let lag_us = unix_now_us().saturating_sub(ingest_us);
+            NodeEvent::Chunk { seq, ingest_us, keyframe, hops, from } => {
+                let now_us = unix_now_us();
+                let lag_us = now_us.saturating_sub(ingest_us);
                 tracing::trace!(seq, lag_ms = lag_us / 1000, hops, from = %from, "chunk");
-                self.snapshot.arrival_lag.record(lag_us);
+                if keyframe && self.snapshot.started_us.is_none() {
+                    self.snapshot.started_us = Some(now_us);
+                }
+                if self.snapshot.started_us.is_some_and(|t| ingest_us >= t) {
+                    self.snapshot.arrival_lag.record(lag_us);
+                }
+                self.snapshot.chunks_received += 1;
                 self.snapshot.hop_count_sum += u64::from(hops);
+                let from_map = &mut self.snapshot.chunks_from;
+                if from_map.contains_key(&from) || from_map.len() < CHUNKS_FROM_PEERS {
+                    *from_map.entry(from).or_insert(0) += 1;
+                } else {
+                    self.snapshot.chunks_from_others += 1;
+                }
                 if let (Some(out), Some(chunk)) = (output, self.swarm.chunk(seq)) {
                     if out.try_send(chunk.clone()).is_err() {
                         self.snapshot.output_dropped += 1;
@@ -459,6 +495,14 @@ impl LiveNode {
         let e = self.endpoint.stats();
         s.handshake_failures = e.handshake_failures;
         s.auth_failures = e.auth_failures;
+        (s.send_queue_bytes, s.packets_lost, s.retransmitted_bytes) = (0, 0, 0);
+        for session in self.by_session.keys() {
+            if let Some(t) = self.endpoint.session_stats(*session) {
+                s.send_queue_bytes += t.send_queue_bytes as u64;
+                s.packets_lost += t.packets_lost;
+                s.retransmitted_bytes += t.retransmitted_bytes;
+            }
+        }
         s.uptime = now - self.started;
         s.thread_cpu = rill_transport::driver::thread_cpu_time();
         s.thread_cpu_user = rill_transport::driver::thread_user_cpu_time();

@@ -84,6 +84,17 @@ pub struct IngestSnapshot {
     pub chunks_signed: u64,
 }
 
+impl IngestSnapshot {
+    /// JSON figures (METRICS.md names): media bytes is the denominator of overhead ratio
+    /// and publisher upload.
+    pub fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("media_bytes".into(), self.chunker.media_bytes.into());
+        m.insert("chunks_signed".into(), self.chunks_signed.into());
+        m
+    }
+}
+
 /// Read `input`, chunk and sign it, and send the chunks to the node. Returns at the end
 /// of a finite input.
 pub async fn ingest(
@@ -161,9 +172,6 @@ pub fn run(args: &PublishArgs) -> Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let (stop_tx, stop_rx) = common::shutdown_signal();
-        let input = rill_publisher::open(&spec, &InputOptions { loop_forever: loop_input, ..InputOptions::default() })
-            .await
-            .with_context(|| format!("cannot open input {spec}"))?;
         let opts = NodeOptions {
             role: Role::Publisher,
             listen: args.node.listen,
@@ -201,11 +209,18 @@ pub fn run(args: &PublishArgs) -> Result<std::process::ExitCode> {
         let ingest_task = tokio::spawn({
             let figures = ingest_figures.clone();
             let mut stop = stop_rx.clone();
+            let spec = spec.clone();
             async move {
                 tokio::select! {
                     _ = tokio::time::sleep(start_delay) => {}
                     _ = stop.changed() => return Ok(()),
                 }
+                // Opened only after the delay: a file is paced from the moment it is
+                // opened, so opening it first would release the delay's worth of stream
+                // in one burst when the delay ends.
+                let options = InputOptions { loop_forever: loop_input, ..InputOptions::default() };
+                let input =
+                    rill_publisher::open(&spec, &options).await.with_context(|| format!("cannot open input {spec}"))?;
                 ingest(input, key, stripes, chunk_tx, figures).await
             }
         });
@@ -213,6 +228,7 @@ pub fn run(args: &PublishArgs) -> Result<std::process::ExitCode> {
             "publish",
             node_figures.clone(),
             None,
+            Some(ingest_figures.clone()),
             args.node.stats_json.clone(),
             args.node.quiet,
             stop_rx.clone(),

@@ -88,6 +88,7 @@ pub fn run(args: &RelayArgs) -> Result<std::process::ExitCode> {
             "relay",
             figures.clone(),
             None,
+            None,
             args.node.stats_json.clone(),
             args.node.quiet,
             stop_rx,

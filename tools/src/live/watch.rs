@@ -82,6 +82,10 @@ impl PlayerSnapshot {
             json!(p.continuity_index().map(|c| (c * 10_000.0).round() / 10_000.0)),
         );
         m.insert("lost_chunks".into(), json!(p.lost_chunks));
+        // The continuity index's counts, so several viewers' indices can be combined.
+        m.insert("chunks_on_time".into(), json!(p.chunks_on_time));
+        m.insert("chunks_due_after_startup".into(), json!(p.chunks_due_after_startup));
+        m.insert("lost_after_startup".into(), json!(p.lost_after_startup));
         m.insert("late_chunks".into(), json!(p.late_chunks));
         m.insert("skipped_for_catch_up".into(), json!(p.skipped_for_catch_up));
         m.insert("chunks_out".into(), json!(p.chunks_out));
@@ -242,14 +246,20 @@ pub fn run(args: &WatchArgs) -> Result<std::process::ExitCode> {
             "watch",
             node_figures.clone(),
             Some(player_figures.clone()),
+            None,
             args.node.stats_json.clone(),
             args.node.quiet,
             stop_rx.clone(),
         );
         let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+        tokio::pin!(reporter);
         tokio::select! {
-            r = reporter => r?,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
+            r = &mut reporter => r?,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                // The reporter writes the final figures once it sees the stop.
+                let _ = stop_tx.send(true);
+                reporter.await?;
+            }
         }
         let _ = stop_tx.send(true);
         let player = viewer.player.await.context("player task")??;

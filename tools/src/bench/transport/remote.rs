@@ -1,6 +1,14 @@
 //! Remote mode, like iperf3: `--listen ADDR` on one host, `--connect ADDR` on the other.
 //! Both print a line per second (goodput, RTT, the controller's queueing-delay estimate)
 //! and a summary; with `--json`, JSON lines with `scenario` = "remote".
+//!
+//! Each message starts with a header of two little-endian u64: its sequence number and
+//! its deadline in CLOCK_MONOTONIC nanoseconds (0: none). CLOCK_MONOTONIC is one clock
+//! for all network namespaces of a machine, so a listener on the same machine (e.g. in
+//! `rill testbed`) counts how many messages arrived complete by their deadline
+//! (`deadline_messages`, `on_time`). The stream class sends with a 1 s deadline and, after
+//! `--duration`, keeps the session up one more deadline so that every offered message is
+//! either delivered or abandoned; `messages_offered` counts them.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,6 +26,31 @@ use crate::table::{round, Report};
 const MESSAGE_SIZE: usize = 16 * 1024;
 const KEEP_QUEUED: usize = 2 << 20;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// The stream class's message deadline (the transport issue: 1 s).
+const STREAM_DEADLINE: Duration = Duration::from_secs(1);
+const HEADER: usize = 16;
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, as a number another
+/// process on this machine can compare.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A message: the header (sequence number, deadline or 0) and filler.
+fn message(seq: u64, deadline_ns: u64) -> Bytes {
+    let mut m = vec![0xa5; MESSAGE_SIZE];
+    m[..8].copy_from_slice(&seq.to_le_bytes());
+    m[8..HEADER].copy_from_slice(&deadline_ns.to_le_bytes());
+    Bytes::from(m)
+}
+
+/// The deadline in a message's header (0: none or no header).
+fn deadline_of(data: &[u8]) -> u64 {
+    data.get(8..HEADER).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
@@ -35,12 +68,16 @@ pub fn listen(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
         let start = Instant::now();
         let mut next_report = start + REPORT_EVERY;
         let (mut interval_bytes, mut total_bytes, mut messages) = (0u64, 0u64, 0u64);
+        let (mut deadline_messages, mut on_time) = (0u64, 0u64);
         let mut report = Report::default();
+        // One future for the whole run: a SIGINT between two polls is not lost.
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
         loop {
             let deadline = tokio::time::sleep_until(next_report.into());
             tokio::select! {
                 r = driver.step(&mut ep, deadline) => { r?; }
-                _ = tokio::signal::ctrl_c() => break,
+                _ = &mut ctrl_c => break,
             }
             while let Some(e) = ep.poll_event() {
                 match e {
@@ -49,6 +86,11 @@ pub fn listen(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
                         None => eprintln!("rill bench: session from {remote}"),
                     },
                     Event::Message { data, .. } => {
+                        let deadline_ns = deadline_of(&data);
+                        if deadline_ns != 0 {
+                            deadline_messages += 1;
+                            on_time += u64::from(monotonic_ns() <= deadline_ns);
+                        }
                         interval_bytes += data.len() as u64;
                         total_bytes += data.len() as u64;
                         messages += 1;
@@ -74,7 +116,8 @@ pub fn listen(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
         }
         let secs = start.elapsed().as_secs_f64();
         report.emit(json!({"scenario": "remote", "side": "listen", "summary": true,
-            "goodput_mbps": round(total_bytes as f64 * 8.0 / secs / 1e6, 2), "messages": messages, "duration_s": round(secs, 1)}), json);
+            "goodput_mbps": round(total_bytes as f64 * 8.0 / secs / 1e6, 2), "messages": messages, "bytes": total_bytes,
+            "deadline_messages": deadline_messages, "on_time": on_time, "duration_s": round(secs, 1)}), json);
         if !json {
             report.print_table("remote (listen): summary");
         }
@@ -103,26 +146,34 @@ pub fn connect(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
             Some(peer) => ep.connect_to(Instant::now(), addr, peer)?,
             None => ep.connect(Instant::now(), addr)?,
         };
-        let message = Bytes::from(vec![0xa5; MESSAGE_SIZE]);
         let mut connected_at: Option<Instant> = None;
-        let mut offered = 0u64;
+        let (mut offered, mut messages_offered) = (0u64, 0u64);
+        // Messages acknowledged when --duration ended (goodput is over --duration only).
+        let mut acked_at_end: Option<u64> = None;
+        let linger = if class == Class::Stream { STREAM_DEADLINE } else { Duration::ZERO };
         let mut next_report = Instant::now() + REPORT_EVERY;
         let mut last_acked = 0u64;
         let handshake_deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let now = Instant::now();
             if let Some(t0) = connected_at {
-                if now >= t0 + duration {
+                if now >= t0 + duration && acked_at_end.is_none() {
+                    acked_at_end = Some(ep.session_stats(session).map_or(0, |st| st.messages_acked));
+                }
+                if now >= t0 + duration + linger {
                     break;
                 }
                 // Offer data at --rate (whole messages), or keep the queue full.
                 let allowed = rate_bps.map_or(u64::MAX, |r| ((now - t0).as_secs_f64() * r as f64 / 8.0) as u64);
-                while offered < allowed && ep.queued_bytes(session, class) < KEEP_QUEUED {
-                    let deadline = (class == Class::Stream).then(|| now + Duration::from_secs(1));
-                    if ep.send(now, session, message.clone(), SendOptions { class, deadline }).is_err() {
+                while acked_at_end.is_none() && offered < allowed && ep.queued_bytes(session, class) < KEEP_QUEUED {
+                    let deadline = (class == Class::Stream).then(|| now + STREAM_DEADLINE);
+                    let deadline_ns = deadline.map_or(0, |_| monotonic_ns() + STREAM_DEADLINE.as_nanos() as u64);
+                    let m = message(messages_offered, deadline_ns);
+                    if ep.send(now, session, m, SendOptions { class, deadline }).is_err() {
                         break;
                     }
                     offered += MESSAGE_SIZE as u64;
+                    messages_offered += 1;
                 }
             } else if now > handshake_deadline {
                 anyhow::bail!("no answer from {addr} within 10 s (is `rill bench transport --listen` running there?)");
@@ -168,11 +219,12 @@ pub fn connect(addr: SocketAddr, args: &TransportArgs) -> Result<()> {
         report.emit(
             json!({
                 "scenario": "remote", "side": "connect", "summary": true, "class": class.name(), "controller": st.controller,
-                "goodput_mbps": round(st.messages_acked as f64 * MESSAGE_SIZE as f64 * 8.0 / duration.as_secs_f64() / 1e6, 2),
+                "goodput_mbps": round(acked_at_end.unwrap_or(st.messages_acked) as f64 * MESSAGE_SIZE as f64 * 8.0 / duration.as_secs_f64() / 1e6, 2),
                 "rtt_ms": round(st.smoothed_rtt.as_secs_f64() * 1e3, 2),
                 "min_rtt_ms": round(st.min_rtt.as_secs_f64() * 1e3, 2),
                 "packets": st.packets_sent, "packets_lost": st.packets_lost,
                 "messages_abandoned": st.messages_abandoned_sent,
+                "messages_offered": messages_offered, "messages_acked": st.messages_acked,
             }),
             json,
         );

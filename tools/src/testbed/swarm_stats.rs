@@ -1,0 +1,464 @@
+//! The figures of a `rill testbed swarm` run, made from what its processes wrote: each
+//! node's `--stats-json` lines, its CPU time and its output file. Pure: no namespaces,
+//! no processes, so every rule here is tested on made-up input.
+//!
+//! Over all (viewer, chunk) pairs, as shared/METRICS.md asks, not over per-viewer
+//! percentiles: each stats line carries that second's arrival lags as histogram buckets
+//! (`arrival_lag_hist_us`), and all lines of all viewers merge into one distribution.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use rill_viewer::LagHistogram;
+use serde_json::{json, Map, Value};
+
+use crate::live::common::{hist_from_json, ms};
+use crate::sim::metrics::percentile;
+use crate::table::round;
+
+/// An MPEG-TS packet: 188 bytes starting with the sync byte 0x47 (ISO/IEC 13818-1 §2.4.3.2).
+pub const TS_PACKET_BYTES: usize = 188;
+const TS_SYNC_BYTE: u8 = 0x47;
+
+/// One process's `--stats-json`: its complete lines, in order.
+#[derive(Debug, Default, Clone)]
+pub struct StatsFile {
+    pub lines: Vec<Map<String, Value>>,
+    /// The last line was cut short (the process was killed while writing it).
+    pub truncated: bool,
+}
+
+impl StatsFile {
+    /// Parses JSON lines. Only the last line may be incomplete (a SIGKILL in mid-write);
+    /// any other bad line is an error, as it means the format is not what we read.
+    pub fn parse(text: &str) -> Result<StatsFile> {
+        let mut out = StatsFile::default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<Value>(line) {
+                Ok(Value::Object(m)) => out.lines.push(m),
+                _ if i + 1 == lines.len() && !text.ends_with('\n') => out.truncated = true,
+                _ => bail!("stats line {} is not a JSON object: {}", i + 1, truncate(line, 120)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last complete line (the final figures), or an empty object.
+    pub fn last(&self) -> Map<String, Value> {
+        self.lines.last().cloned().unwrap_or_default()
+    }
+
+    /// A whole-number figure of the last line (0 if absent).
+    pub fn last_u64(&self, key: &str) -> u64 {
+        self.lines.last().and_then(|m| m.get(key)).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    pub fn node_id(&self) -> Option<String> {
+        self.lines.iter().rev().find_map(|m| m.get("node_id")?.as_str().map(str::to_string))
+    }
+
+    /// Every line's arrival lags merged: the process's whole distribution.
+    pub fn arrival_lag(&self) -> Result<LagHistogram> {
+        let mut h = LagHistogram::new();
+        for (i, m) in self.lines.iter().enumerate() {
+            if let Some(v) = m.get("arrival_lag_hist_us") {
+                hist_from_json(v, &mut h).with_context(|| format!("stats line {}", i + 1))?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// `startup_ms.<which>` of the last line, if the viewer got that far.
+    pub fn startup_ms(&self, which: &str) -> Option<f64> {
+        self.lines.last()?.get("startup_ms")?.get(which)?.as_f64()
+    }
+
+    /// The exact largest arrival lag, ms (the merged buckets only know it to 1.6 %).
+    fn max_lag_ms(&self) -> Option<f64> {
+        self.lines.last()?.get("arrival_lag_ms")?.get("max")?.as_f64()
+    }
+
+    /// Chunks received from each sender, by node id (last line).
+    fn chunks_from(&self) -> BTreeMap<String, u64> {
+        let Some(Value::Object(m)) = self.lines.last().and_then(|l| l.get("chunks_from")) else {
+            return BTreeMap::new();
+        };
+        m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect()
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// What one process of the run left: its figures, CPU and lifetime.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessRun {
+    pub stats: StatsFile,
+    /// CPU seconds (user + system) read just before it was stopped or killed.
+    pub cpu_s: f64,
+    /// Seconds from spawn to stop.
+    pub alive_s: f64,
+    /// Killed by the churn schedule (SIGKILL), not stopped at the end.
+    pub killed: bool,
+}
+
+/// One run of one viewer host (a host restarted by churn has several).
+#[derive(Debug, Clone, Default)]
+pub struct ViewerRun {
+    pub viewer: usize,
+    pub nat: bool,
+    pub process: ProcessRun,
+    /// What the output check found (see [`check_ts`]).
+    pub output: OutputCheck,
+}
+
+/// How a viewer's output file looked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OutputCheck {
+    /// Whole TS packets, every one with its sync byte (and, if a reference was given,
+    /// byte for byte equal to it).
+    #[default]
+    Valid,
+    Empty,
+    Invalid(String),
+}
+
+/// Checks a viewer's output: whole 188-byte packets, each starting with the sync byte.
+/// `killed`: the process died by SIGKILL, so a packet cut short at the very end is
+/// expected and not held against it. `reference`: the exact bytes the publisher sent,
+/// when it published a finite input from its start.
+pub fn check_ts(bytes: &[u8], killed: bool, reference: Option<&[u8]>) -> OutputCheck {
+    if bytes.is_empty() {
+        return OutputCheck::Empty;
+    }
+    if let Some(r) = reference {
+        if bytes != r {
+            let at = bytes.iter().zip(r).position(|(a, b)| a != b).unwrap_or(bytes.len().min(r.len()));
+            return OutputCheck::Invalid(format!(
+                "{} bytes out, {} published, first difference at byte {at}",
+                bytes.len(),
+                r.len()
+            ));
+        }
+        return OutputCheck::Valid;
+    }
+    let whole = bytes.len() - bytes.len() % TS_PACKET_BYTES;
+    if whole != bytes.len() && !killed {
+        return OutputCheck::Invalid(format!("{} bytes is not a whole number of TS packets", bytes.len()));
+    }
+    match bytes[..whole].chunks_exact(TS_PACKET_BYTES).position(|p| p[0] != TS_SYNC_BYTE) {
+        Some(i) => OutputCheck::Invalid(format!("TS packet {i} has no sync byte")),
+        None if whole == 0 => OutputCheck::Empty,
+        None => OutputCheck::Valid,
+    }
+}
+
+/// `{p50, p95, max}` of a few samples (nearest rank), rounded to 0.1; nulls when none.
+fn spread(values: &mut [f64]) -> Value {
+    values.sort_by(f64::total_cmp);
+    let q = |p: f64| percentile(values, p).map(|v| round(v, 1));
+    json!({ "p50": q(50.0), "p95": q(95.0), "max": q(100.0) })
+}
+
+/// A ratio rounded to `digits`, or null without a denominator.
+fn ratio(num: f64, den: f64, digits: i32) -> Value {
+    if den > 0.0 {
+        json!(round(num / den, digits))
+    } else {
+        Value::Null
+    }
+}
+
+/// The run's figures (METRICS.md names) from the publisher's and every viewer run's
+/// files. `viewers`: hosts, for the overhead ratio's "media bytes × viewers".
+pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> Result<Map<String, Value>> {
+    let mut lag = LagHistogram::new();
+    let mut lag_max_ms: Option<f64> = None;
+    let (mut first_byte, mut first_keyframe) = (Vec::new(), Vec::new());
+    let (mut on_time, mut due, mut lost, mut lost_after) = (0u64, 0u64, 0u64, 0u64);
+    let (mut useful, mut duplicate, mut viewer_sent) = (0u64, 0u64, 0u64);
+    let mut never_started = 0usize;
+    // CPU seconds and alive seconds per viewer host, over its runs.
+    let mut cpu: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+    for r in runs {
+        let s = &r.process.stats;
+        lag.merge(&s.arrival_lag().with_context(|| format!("viewer {}", r.viewer))?);
+        if let Some(m) = s.max_lag_ms() {
+            lag_max_ms = Some(lag_max_ms.map_or(m, |x| x.max(m)));
+        }
+        match (s.startup_ms("first_byte"), s.startup_ms("first_keyframe")) {
+            (Some(b), k) => {
+                first_byte.push(b);
+                first_keyframe.extend(k);
+            }
+            (None, k) => {
+                first_keyframe.extend(k);
+                never_started += 1;
+            }
+        }
+        on_time += s.last_u64("chunks_on_time");
+        due += s.last_u64("chunks_due_after_startup");
+        lost_after += s.last_u64("lost_after_startup");
+        lost += s.last_u64("lost_chunks");
+        useful += s.last_u64("useful_payload_bytes");
+        duplicate += s.last_u64("duplicate_payload_bytes");
+        viewer_sent += s.last_u64("bytes_sent");
+        let e = cpu.entry(r.viewer).or_default();
+        e.0 += r.process.cpu_s;
+        e.1 += r.process.alive_s;
+    }
+    let media = publisher.stats.last_u64("media_bytes") as f64;
+    let publisher_sent = publisher.stats.last_u64("bytes_sent") as f64;
+    let per_node: Vec<f64> = cpu.values().filter(|(_, t)| *t > 0.0).map(|(c, t)| c / t).collect();
+    let cpu_mean =
+        if per_node.is_empty() { None } else { Some(per_node.iter().sum::<f64>() / per_node.len() as f64) };
+    let cpu_max = per_node.iter().copied().reduce(f64::max);
+    let q = |p: f64| lag.percentile_us(p).map(|v| round(ms(v), 1));
+    let mut m = Map::new();
+    m.insert(
+        "arrival_lag_ms".into(),
+        json!({ "p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": lag_max_ms.or(q(1.0)) }),
+    );
+    m.insert("arrival_lag_pairs".into(), json!(lag.count()));
+    m.insert(
+        "startup_ms".into(),
+        json!({ "first_byte": spread(&mut first_byte), "first_keyframe": spread(&mut first_keyframe) }),
+    );
+    m.insert("viewers_never_started".into(), json!(never_started));
+    m.insert("continuity_index".into(), ratio(on_time as f64, (due + lost_after) as f64, 4));
+    m.insert("lost_chunks".into(), json!(lost));
+    m.insert("duplicate_ratio".into(), ratio(duplicate as f64, useful as f64, 3));
+    m.insert("overhead_ratio".into(), ratio(publisher_sent + viewer_sent as f64, media * viewers as f64, 3));
+    m.insert("publisher_upload".into(), ratio(publisher_sent, media, 2));
+    m.insert("media_bytes".into(), json!(media as u64));
+    let per_s = |x: Option<f64>| x.map(|v| round(v, 4));
+    m.insert(
+        "cpu_per_node".into(),
+        json!({
+            "mean": per_s(cpu_mean),
+            "max": per_s(cpu_max),
+            "publisher": per_s((publisher.alive_s > 0.0).then(|| publisher.cpu_s / publisher.alive_s)),
+        }),
+    );
+    Ok(m)
+}
+
+/// Where NATed viewers got their chunks, and whether they got any: the `--nat` figures.
+/// Senders are told apart by node id: the publisher's, public viewers', NATed viewers'.
+pub fn nat_figures(publisher: &ProcessRun, runs: &[ViewerRun]) -> Value {
+    let mut class: BTreeMap<String, &str> = BTreeMap::new();
+    if let Some(id) = publisher.stats.node_id() {
+        class.insert(id, "publisher");
+    }
+    for r in runs {
+        if let Some(id) = r.process.stats.node_id() {
+            class.insert(id, if r.nat { "nat_viewers" } else { "public_viewers" });
+        }
+    }
+    let mut nat_hosts: BTreeMap<usize, bool> = BTreeMap::new();
+    let mut to_nat: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut from_nat_to_public = 0u64;
+    for r in runs {
+        let received = r.process.stats.last_u64("chunks_received") > 0;
+        for (id, n) in r.process.stats.chunks_from() {
+            let c = class.get(&id).copied().unwrap_or("others");
+            if r.nat {
+                *to_nat.entry(c).or_default() += n;
+            } else if c == "nat_viewers" {
+                from_nat_to_public += n;
+            }
+        }
+        if r.nat {
+            *nat_hosts.entry(r.viewer).or_default() |= received;
+        }
+    }
+    let total: u64 = to_nat.values().sum();
+    let share: Map<String, Value> = ["publisher", "public_viewers", "nat_viewers", "others"]
+        .iter()
+        .map(|c| (c.to_string(), ratio(to_nat.get(c).copied().unwrap_or(0) as f64, total as f64, 3)))
+        .collect();
+    json!({
+        "viewers": nat_hosts.len(),
+        "receiving": nat_hosts.values().filter(|r| **r).count(),
+        "chunks_received": total,
+        "chunks_from": Value::Object(share),
+        "chunks_served_to_public_viewers": from_nat_to_public,
+    })
+}
+
+/// Packets the shaping queues dropped, from `tc -s qdisc show` in the router: the leaf
+/// queues only (`bfifo` under each upload class, `tbf` of each download), since a classful
+/// root (htb) counts its children's drops again.
+pub fn queue_drops(tc_stats: &str) -> u64 {
+    let mut leaf = false;
+    let mut drops = 0u64;
+    for line in tc_stats.lines() {
+        if let Some(rest) = line.strip_prefix("qdisc ") {
+            leaf = matches!(rest.split_whitespace().next(), Some("bfifo" | "tbf"));
+        } else if leaf {
+            if let Some((_, after)) = line.split_once("(dropped ") {
+                drops += after
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                leaf = false;
+            }
+        }
+    }
+    drops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::common::hist_json;
+
+    fn line(v: Value) -> String {
+        format!("{v}\n")
+    }
+
+    fn hist(values: &[u64]) -> Value {
+        let mut h = LagHistogram::new();
+        values.iter().for_each(|&v| h.record(v));
+        hist_json(&h)
+    }
+
+    fn viewer(i: usize, nat: bool, text: &str) -> ViewerRun {
+        ViewerRun {
+            viewer: i,
+            nat,
+            process: ProcessRun {
+                stats: StatsFile::parse(text).unwrap(),
+                cpu_s: 1.0,
+                alive_s: 10.0,
+                killed: false,
+            },
+            output: OutputCheck::Valid,
+        }
+    }
+
+    #[test]
+    fn only_a_cut_off_last_line_is_forgiven() {
+        let ok = StatsFile::parse("{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        assert_eq!((ok.lines.len(), ok.truncated), (2, true));
+        assert_eq!(ok.last_u64("a"), 2);
+        assert!(StatsFile::parse("{\"a\":1}\nnot json\n{\"a\":2}\n").is_err());
+        assert!(StatsFile::parse("{\"a\":1}\n[1]\n").is_err(), "a complete last line must parse");
+        assert!(StatsFile::parse("").unwrap().lines.is_empty());
+    }
+
+    #[test]
+    fn percentiles_are_over_all_pairs_not_per_viewer() {
+        // Viewer 0: 99 chunks at 20 ms; viewer 1: one chunk at 900 ms. Per-viewer p99s
+        // would average to 460 ms; over all 100 pairs p99 is 20 ms, max 900 ms.
+        let a = line(json!({"node_id": "a", "arrival_lag_hist_us": hist(&[20_000; 60])}))
+            + &line(json!({"node_id": "a", "arrival_lag_hist_us": hist(&[20_000; 39]),
+                           "arrival_lag_ms": {"max": 20.0}}));
+        let b = line(json!({"node_id": "b", "arrival_lag_hist_us": hist(&[900_000]),
+                            "arrival_lag_ms": {"max": 900.0}}));
+        let runs = [viewer(0, false, &a), viewer(1, false, &b)];
+        let m = summarize(&ProcessRun::default(), &runs, 2).unwrap();
+        let p99 = m["arrival_lag_ms"]["p99"].as_f64().unwrap();
+        assert!((19.9..=20.4).contains(&p99), "{p99}");
+        assert_eq!(m["arrival_lag_ms"]["max"], 900.0);
+        assert_eq!(m["arrival_lag_pairs"], 100);
+    }
+
+    #[test]
+    fn continuity_cost_and_cpu_add_up_over_viewers() {
+        let v = |on: u64, due: u64, lost: u64, sent: u64| {
+            line(json!({"chunks_on_time": on, "chunks_due_after_startup": due, "lost_after_startup": lost,
+                "lost_chunks": lost, "bytes_sent": sent, "useful_payload_bytes": 1000, "duplicate_payload_bytes": 50,
+                "startup_ms": {"first_byte": 300.0, "first_keyframe": 250.0}}))
+        };
+        let runs = [viewer(0, false, &v(990, 995, 5, 2000)), viewer(1, false, &v(1000, 1000, 0, 0))];
+        let publisher = ProcessRun {
+            stats: StatsFile::parse(&line(json!({"media_bytes": 1000, "bytes_sent": 3000}))).unwrap(),
+            cpu_s: 2.0,
+            alive_s: 10.0,
+            killed: false,
+        };
+        let m = summarize(&publisher, &runs, 2).unwrap();
+        assert_eq!(m["continuity_index"], 0.995); // 1990 / 2000
+        assert_eq!(m["lost_chunks"], 5);
+        assert_eq!(m["overhead_ratio"], 2.5); // (3000 + 2000) / (1000 × 2)
+        assert_eq!(m["publisher_upload"], 3.0);
+        assert_eq!(m["duplicate_ratio"], 0.05);
+        assert_eq!(m["cpu_per_node"]["mean"], 0.1);
+        assert_eq!(m["cpu_per_node"]["publisher"], 0.2);
+        assert_eq!(m["startup_ms"]["first_byte"]["max"], 300.0);
+        assert_eq!(m["viewers_never_started"], 0);
+    }
+
+    #[test]
+    fn a_restarted_host_counts_once_for_cpu_and_a_silent_viewer_as_never_started() {
+        let runs = [viewer(0, false, "{}\n"), viewer(0, false, "{}\n")];
+        let m = summarize(&ProcessRun::default(), &runs, 1).unwrap();
+        assert_eq!(m["cpu_per_node"]["mean"], 0.1); // 2 s over 20 s
+        assert_eq!(m["viewers_never_started"], 2);
+        assert_eq!(m["continuity_index"], Value::Null);
+        assert_eq!(m["overhead_ratio"], Value::Null);
+    }
+
+    #[test]
+    fn nat_figures_name_the_senders() {
+        let publisher =
+            ProcessRun { stats: StatsFile::parse("{\"node_id\":\"P\"}\n").unwrap(), ..ProcessRun::default() };
+        let runs = [
+            viewer(
+                0,
+                false,
+                &line(json!({"node_id": "A", "chunks_received": 10, "chunks_from": {"P": 6, "B": 4}})),
+            ),
+            viewer(
+                1,
+                true,
+                &line(json!({"node_id": "B", "chunks_received": 10, "chunks_from": {"P": 5, "A": 5}})),
+            ),
+            viewer(2, true, &line(json!({"node_id": "C", "chunks_received": 0, "chunks_from": {}}))),
+        ];
+        let n = nat_figures(&publisher, &runs);
+        assert_eq!(n["viewers"], 2);
+        assert_eq!(n["receiving"], 1);
+        assert_eq!(n["chunks_from"]["publisher"], 0.5);
+        assert_eq!(n["chunks_from"]["public_viewers"], 0.5);
+        assert_eq!(n["chunks_from"]["nat_viewers"], 0.0);
+        assert_eq!(n["chunks_served_to_public_viewers"], 4);
+    }
+
+    #[test]
+    fn queue_drops_count_leaf_queues_once() {
+        let tc = "qdisc htb 1: root refcnt 2 r2q 10 default 0 direct_packets_stat 5\n \
+                  Sent 100 bytes 1 pkt (dropped 7, overlimits 0 requeues 0)\n\
+                  qdisc bfifo 2: parent 1:2 limit 8075b\n Sent 50 bytes 1 pkt (dropped 3, overlimits 0 requeues 0)\n\
+                  qdisc bfifo 3: parent 1:3 limit 8075b\n Sent 50 bytes 1 pkt (dropped 4, overlimits 0 requeues 0)\n\
+                  qdisc tbf 8001: dev h1 root refcnt 2 rate 1Mbit\n Sent 1 bytes 1 pkt (dropped 1, overlimits 2 requeues 0)\n";
+        assert_eq!(queue_drops(tc), 8);
+        assert_eq!(queue_drops(""), 0);
+    }
+
+    #[test]
+    fn outputs_must_be_whole_sync_aligned_packets() {
+        let mut ts = vec![0u8; 3 * TS_PACKET_BYTES];
+        for p in ts.chunks_exact_mut(TS_PACKET_BYTES) {
+            p[0] = TS_SYNC_BYTE;
+        }
+        assert_eq!(check_ts(&ts, false, None), OutputCheck::Valid);
+        assert_eq!(check_ts(&ts, false, Some(&ts)), OutputCheck::Valid);
+        assert!(matches!(check_ts(&ts[..300], false, None), OutputCheck::Invalid(_)));
+        assert_eq!(check_ts(&ts[..300], true, None), OutputCheck::Valid, "a SIGKILL may cut the last packet");
+        assert_eq!(check_ts(&ts[..100], true, None), OutputCheck::Empty);
+        assert_eq!(check_ts(&[], false, None), OutputCheck::Empty);
+        let mut bad = ts.clone();
+        bad[TS_PACKET_BYTES] = 0;
+        assert!(matches!(check_ts(&bad, false, None), OutputCheck::Invalid(_)));
+        assert!(matches!(check_ts(&bad, false, Some(&ts)), OutputCheck::Invalid(_)));
+        assert!(matches!(check_ts(&ts[..188], false, Some(&ts)), OutputCheck::Invalid(_)));
+    }
+}
