@@ -9,9 +9,12 @@
 //!   (`rill bench transport --connect --class background`), then kernel TCP CUBIC and BBR
 //!   (`iperf3 -C`). Per flow: `standing_queue_ms` p50/p95 from `ping -i 0.02` snd → rcv
 //!   (through the bottleneck): RTT minus the idle path's minimum RTT, measured by 100
-//!   pings before any flow; `goodput_mbps` at the receiver; `utilisation` = goodput / rate
-//!   (application bytes: headers cap it near 0.96 at a 1500-byte MTU); `wire_utilisation`
-//!   = bytes the tbf sent / rate over the same window, headers and all.
+//!   pings before any flow; `goodput_mbps` at the receiver; `utilisation` = bytes the
+//!   bottleneck's tbf sent / (rate × the same window), headers and all: how busy the flow
+//!   kept the link, as shared/METRICS.md's upload utilisation and `rill bench transport`
+//!   count it; `goodput_utilisation` = goodput / rate beside it (application bytes only:
+//!   per-packet headers cap it near 0.96 for TCP at a 1500-byte MTU, lower for rill's
+//!   1200-byte datagrams with their transport header and AEAD tag).
 //! - **sharing** (250 ms of buffer): at once, a rill stream-class session offering
 //!   4 Mbit/s in 16 KiB messages with a 1 s deadline, a rill background session, and one
 //!   TCP CUBIC bulk flow. `stream_on_time` = stream messages the receiver held complete by
@@ -203,9 +206,9 @@ fn bottleneck_drops(p: &Path) -> Option<u64> {
     bottleneck_counter(p, "dropped ")
 }
 
-/// Wire utilisation: bytes the bottleneck sent (Ethernet frames, what tbf's rate counts)
-/// from `start + warmup` to `start + duration`, over the rate. Sleeps until then; unlike
-/// `utilisation` (goodput / rate) it counts headers, acks and retransmissions.
+/// Utilisation: bytes the bottleneck sent (Ethernet frames, what tbf's rate counts) from
+/// `start + warmup` to `start + duration`, over the rate. Sleeps until then; unlike
+/// `goodput_utilisation` it counts headers, acks and retransmissions.
 fn wire_utilisation(p: &Path, start: Instant, warmup: Duration, duration: Duration) -> Result<Option<f64>> {
     netns::sleep((start + warmup).saturating_duration_since(Instant::now()))?;
     let (t0, b0) = (Instant::now(), bottleneck_counter(p, "Sent "));
@@ -275,9 +278,9 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
             standing_queue(&probe_lines, p.min_rtt_ms, start_unix + w.as_secs_f64(), until);
         let goodput = goodput.with_context(|| format!("{}: no goodput measured", flow.name()))?;
         row.insert("standing_queue_ms".into(), queue);
-        row.insert("utilisation".into(), json!(round(goodput * 1000.0 / RATE_KBPS as f64, 3)));
+        row.insert("utilisation".into(), json!(wire.map(|u| round(u, 3))));
         row.insert("goodput_mbps".into(), json!(round(goodput, 2)));
-        row.insert("wire_utilisation".into(), json!(wire.map(|u| round(u, 3))));
+        row.insert("goodput_utilisation".into(), json!(round(goodput * 1000.0 / RATE_KBPS as f64, 3)));
         row.insert("min_rtt_ms".into(), json!(round(p.min_rtt_ms, 2)));
         row.insert("probe_samples".into(), json!(samples));
         if let (Some(a), Some(b)) = (drops_before, bottleneck_drops(&p)) {
