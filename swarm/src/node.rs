@@ -353,12 +353,13 @@ impl Node {
             // contacts, the walk waits a moment for their first summaries.
             let mut roots = node.roots.clone();
             roots.sort_by_key(|id| std::cmp::Reverse(node.directory.get(id).map_or(0, |p| p.upload_kbps)));
-            for s in 0..k {
-                node.stripes[s].candidates = roots.iter().copied().collect();
-            }
             let mut contacts: Vec<NodeId> =
                 bootstrap.iter().map(|p| p.id).filter(|id| !roots.contains(id)).collect();
-            if !contacts.is_empty() {
+            if contacts.is_empty() {
+                for s in 0..k {
+                    node.stripes[s].candidates = roots.iter().copied().collect();
+                }
+            } else {
                 node.walk_after = now + FIRST_SUMMARY_WAIT;
             }
             contacts.extend(roots.iter().copied());
@@ -1055,13 +1056,16 @@ impl Node {
             }
         };
         let next = next.or_else(|| {
-            // Walk down from the roots again: trees fill from the top, so the first node
-            // with room on the way down is as shallow as a slot gets. It is also safe: an
-            // interior node's own subtree hangs below it, detached, so a walk from a root
-            // never reaches it (no cycles). Known interior peers follow, for when the
-            // roots do not answer.
+            // A node with children in the stripe walks down from the roots: its own
+            // subtree hangs below it, detached, so a walk from a root never reaches it (no
+            // cycles), and trees fill from the top, so the first node with room on the way
+            // down is as shallow as a slot gets. A node without children cannot close a
+            // cycle, and starts at the interior peers it knows, then the roots: when
+            // thousands join at once, every walk starting at the publisher took its
+            // uplink for redirects and made every chunk late for the whole join.
             self.stripes[stripe].tried.clear();
-            let mut pool: Vec<NodeId> = self.roots.clone();
+            let mut pool: Vec<NodeId> = Vec::new();
+            let mut others: Vec<NodeId> = Vec::new();
             if !interior {
                 let mut known: Vec<PeerInfo> = self
                     .mesh
@@ -1070,10 +1074,18 @@ impl Node {
                     .filter_map(|id| self.directory.get(id).copied())
                     .filter(|i| !i.relay)
                     .collect();
-                // Interior peers first, then anyone (a viewer may lend spare slots).
-                known.sort_by_key(|i| (!self.is_interior_peer(i, stripe), std::cmp::Reverse(i.upload_kbps)));
-                pool.extend(known.into_iter().map(|i| i.id));
+                known.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
+                for i in known {
+                    if self.is_interior_peer(&i, stripe) {
+                        pool.push(i.id);
+                    } else {
+                        // Anyone else last: a viewer may lend spare slots.
+                        others.push(i.id);
+                    }
+                }
             }
+            pool.extend(self.roots.iter().copied());
+            pool.extend(others);
             pool.retain(|id| *id != self.me.id && !self.banned.contains(id) && !self.is_silent(now, id));
             let st = &mut self.stripes[stripe];
             st.candidates = pool.into_iter().take(MAX_CANDIDATES).collect();
