@@ -10,6 +10,9 @@
 //!   system time of its thread. On loopback the kernel runs each receiver's UDP receive
 //!   path inside the sender's `sendmmsg`, so the system part includes work a real network
 //!   would do on the receiving hosts; `cpu_per_gbit_user` is the user-space part alone;
+//! - `datagrams_per_message`: datagrams per message the kernel's UDP/IP stack handled
+//!   (a GSO message of n segments counts once): what the per-datagram kernel cost is
+//!   divided by;
 //! - `relay_upload_mbps`, `relay_children`, viewers' `arrival_lag_ms` and chunks received.
 
 use std::sync::{Arc, Mutex};
@@ -197,6 +200,7 @@ pub fn run(args: &RelayArgs) -> Result<()> {
                 / relay_after.send_syscalls.saturating_sub(relay_before.send_syscalls).max(1) as f64,
             1
         ),
+        "datagrams_per_message": round(datagrams_per_message(&relay_before, &relay_after), 1),
         "datagrams_per_recv_call": round(
             relay_after.datagrams_received.saturating_sub(relay_before.datagrams_received) as f64
                 / relay_after.recv_syscalls.saturating_sub(relay_before.recv_syscalls).max(1) as f64,
@@ -217,4 +221,14 @@ pub fn run(args: &RelayArgs) -> Result<()> {
         report.print_table("relay: forwarding cost over real UDP on loopback");
     }
     Ok(())
+}
+
+/// Datagrams the relay sent between two snapshots per message its kernel handled: a GSO
+/// message counts once however many segments it carries.
+fn datagrams_per_message(before: &NodeSnapshot, after: &NodeSnapshot) -> f64 {
+    let datagrams = after.datagrams_sent.saturating_sub(before.datagrams_sent);
+    let segments = after.gso_segments.saturating_sub(before.gso_segments);
+    let gso_messages = after.gso_messages.saturating_sub(before.gso_messages);
+    let messages = datagrams.saturating_sub(segments) + gso_messages;
+    datagrams as f64 / messages.max(1) as f64
 }

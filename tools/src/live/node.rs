@@ -102,6 +102,10 @@ pub struct NodeSnapshot {
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
     pub send_syscalls: u64,
+    /// Datagrams that left as segments of GSO messages, and those messages: the kernel
+    /// handled `datagrams_sent - gso_segments + gso_messages` messages in all.
+    pub gso_segments: u64,
+    pub gso_messages: u64,
     pub recv_syscalls: u64,
     /// Swarm messages that did not decode (the session that sent one is closed).
     pub malformed_messages: u64,
@@ -456,6 +460,7 @@ impl LiveNode {
         (s.bytes_sent, s.bytes_received) = (d.bytes_sent, d.bytes_received);
         (s.datagrams_sent, s.datagrams_received) = (d.datagrams_sent, d.datagrams_received);
         (s.send_syscalls, s.recv_syscalls) = (d.send_syscalls, d.recv_syscalls);
+        (s.gso_segments, s.gso_messages) = (d.gso_segments, d.gso_messages);
         let e = self.endpoint.stats();
         s.handshake_failures = e.handshake_failures;
         s.auth_failures = e.auth_failures;
