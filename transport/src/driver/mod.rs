@@ -570,7 +570,7 @@ impl UdpDriver {
         let pending = self.tx.has_pending();
         let deadline = endpoint.poll_timeout();
         let ready = {
-            let (socket, timer) = (&self.socket, &self.timer);
+            let (socket, timer) = (&self.socket, &mut self.timer);
             tokio::select! {
                 r = socket.readable() => { r?; Ready::Readable }
                 r = socket.writable(), if pending => { r?; Ready::Writable }

@@ -266,6 +266,15 @@ async fn timer_is_finer_than_tokio_and_spaces_wakes() {
     let deadline = Instant::now() + Duration::from_millis(3);
     timer.sleep_until(Some(deadline)).await.unwrap();
     assert!(Instant::now() >= deadline);
+    // A wait for the instant a cancelled wait armed the timerfd for keeps that arming
+    // (no re-arm), and it still ends on time, neither early nor never.
+    let at = Instant::now() + Duration::from_millis(2);
+    let _ = tokio::time::timeout(Duration::from_micros(300), timer.sleep_until(Some(at))).await;
+    tokio::time::timeout(Duration::from_secs(1), timer.sleep_until(Some(at)))
+        .await
+        .expect("the kept arming fires")
+        .unwrap();
+    assert!(Instant::now() >= at);
 }
 
 #[test]
