@@ -210,6 +210,10 @@ pub fn run(args: &RelayArgs) -> Result<()> {
             relay_after.datagrams_sent.saturating_sub(relay_before.datagrams_sent) as f64 / interval,
             0
         ),
+        "relay_datagrams_received_per_s": round(
+            relay_after.datagrams_received.saturating_sub(relay_before.datagrams_received) as f64 / interval,
+            0
+        ),
         "arrival_lag_ms": lag_json(&viewer_lags),
         "chunks_expected": round(expected_chunks, 0),
         "chunks_received_min": min_chunks,

@@ -491,9 +491,24 @@ impl UdpDriver {
             let (socket, buf, received) = (&self.socket, &mut self.rx_buf, &mut self.received);
             received.clear();
             let slots = (buf.len() / slot_bytes).min(BATCH);
-            let read = socket.try_io(tokio::io::Interest::READABLE, || {
-                sys::recv(socket.as_fd(), buf, slot_bytes, received)
-            })?;
+            let mut read = 0;
+            let result = socket.try_io(tokio::io::Interest::READABLE, || {
+                read = sys::recv(socket.as_fd(), buf, slot_bytes, received)?;
+                if read < slots {
+                    // recvmmsg stops short only when the queue ran dry (EAGAIN after the
+                    // first datagram), so the socket is drained. tokio forgets readiness
+                    // only on WouldBlock: say so, or the next `step` wakes at once for a
+                    // recvmmsg that finds nothing (half a relay's loop turns, measured).
+                    // Datagrams arriving from here on raise a new edge, so none waits.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(read)
+            });
+            match result {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => {}
+                Err(e) => return Err(e),
+            }
             let now = Instant::now();
             let mut delivered = 0;
             for r in &self.received {
