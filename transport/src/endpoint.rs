@@ -20,8 +20,6 @@ use crate::wire::{self, Header, PacketType, SynBody, Writer, HEADER_LEN};
 /// Cookie challenges queued at once; more are dropped (admission rate-limits them too,
 /// so a flood of spoofed initiations cannot grow memory or make us a reflector).
 const MAX_PENDING_COOKIES: usize = 64;
-/// Largest datagram we decrypt (in our scratch buffer); anything longer is malformed.
-const MAX_RECEIVE_DATAGRAM: usize = 65_535;
 /// Datagrams one session may send in a row before the next session gets its turn in
 /// `poll_transmit`. Consecutive datagrams to one destination leave as one GSO message
 /// (`driver::tx`), which crosses the kernel's UDP/IP stack once instead of once per
@@ -254,8 +252,6 @@ pub struct Endpoint {
     node_key: Arc<NodeKey>,
     cookie_jar: CookieJar,
     admission: Admission,
-    /// Received datagrams are decrypted in place here.
-    scratch: Vec<u8>,
     /// Round-robin position among sessions for `poll_transmit`: the session whose turn
     /// it is (or the first id after it).
     cursor: u32,
@@ -283,7 +279,6 @@ impl Endpoint {
             node_key,
             cookie_jar,
             admission,
-            scratch: Vec::new(),
             cursor: 0,
             run: 0,
             stats: EndpointStats::default(),
@@ -376,7 +371,11 @@ impl Endpoint {
         }
     }
 
-    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
+    /// A datagram from `remote`. Data packets are decrypted in place in `datagram` (no
+    /// copy: the driver's receive buffer is opened where the kernel put it), so its
+    /// contents are unspecified afterwards; a caller that needs the bytes again keeps a
+    /// copy.
+    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &mut [u8]) {
         self.stats.datagrams_received += 1;
         let Ok((header, body)) = Header::decode(datagram) else {
             self.stats.malformed_datagrams += 1;
@@ -423,14 +422,7 @@ impl Endpoint {
                     self.stats.unknown_session_datagrams += 1;
                     return;
                 };
-                if datagram.len() > MAX_RECEIVE_DATAGRAM {
-                    self.stats.malformed_datagrams += 1;
-                    return;
-                }
-                // Decrypt in place in our own buffer (the caller's stays untouched).
-                self.scratch.clear();
-                self.scratch.extend_from_slice(datagram);
-                match s.handle_data(now, &header, &mut self.scratch, &mut self.events) {
+                match s.handle_data(now, &header, datagram, &mut self.events) {
                     Received::Ok => {}
                     Received::Malformed => self.stats.malformed_datagrams += 1,
                     Received::NoKeys | Received::Unauthenticated => self.stats.auth_failures += 1,
@@ -752,11 +744,11 @@ mod tests {
             let now = self.now;
             let (due, rest): (Vec<_>, Vec<_>) = self.in_flight.drain(..).partition(|x| x.0 <= now);
             self.in_flight = rest;
-            for (_, to_b, data) in due {
+            for (_, to_b, mut data) in due {
                 if to_b {
-                    self.b.handle_datagram(now, self.a_addr, &data);
+                    self.b.handle_datagram(now, self.a_addr, &mut data);
                 } else {
-                    self.a.handle_datagram(now, self.b_addr, &data);
+                    self.a.handle_datagram(now, self.b_addr, &mut data);
                 }
             }
             if self.a.poll_timeout().is_some_and(|t| t <= now) {
@@ -967,8 +959,8 @@ mod tests {
         let mut p = Pair::new(test_config());
         let (sa, _) = p.connect();
         let now = p.now;
-        p.b.handle_datagram(now, p.a_addr, &[]);
-        p.b.handle_datagram(now, p.a_addr, &[0xff; 100]);
+        p.b.handle_datagram(now, p.a_addr, &mut []);
+        p.b.handle_datagram(now, p.a_addr, &mut [0xff; 100]);
         let mut unknown = [0u8; 40];
         Header {
             packet_type: PacketType::Data,
@@ -980,7 +972,7 @@ mod tests {
             packet_number: 0,
         }
         .encode(&mut unknown);
-        p.b.handle_datagram(now, p.a_addr, &unknown);
+        p.b.handle_datagram(now, p.a_addr, &mut unknown);
         let st = p.b.stats();
         assert_eq!(st.malformed_datagrams, 2);
         assert_eq!(st.unknown_session_datagrams, 1);

@@ -444,10 +444,11 @@ impl UdpDriver {
     }
 
     /// `receive` into any sink: `deliver(now, source, datagram)`, `now` read once per
-    /// system call.
+    /// system call. The datagram is the driver's receive buffer, which the sink may
+    /// change (the endpoint decrypts in place).
     pub(crate) fn receive_with(
         &mut self,
-        mut deliver: impl FnMut(Instant, SocketAddr, &[u8]),
+        mut deliver: impl FnMut(Instant, SocketAddr, &mut [u8]),
     ) -> io::Result<usize> {
         let mut delivered = 0;
         for _ in 0..MAX_RECEIVE_PER_STEP {
@@ -482,7 +483,7 @@ impl UdpDriver {
     /// filled every slot (so more may be waiting).
     fn receive_once(
         &mut self,
-        deliver: &mut impl FnMut(Instant, SocketAddr, &[u8]),
+        deliver: &mut impl FnMut(Instant, SocketAddr, &mut [u8]),
     ) -> io::Result<(usize, bool)> {
         let slot_bytes = self.rx_slot_bytes;
         #[cfg(target_os = "linux")]
@@ -511,26 +512,27 @@ impl UdpDriver {
             }
             let now = Instant::now();
             let mut delivered = 0;
+            let stats = &mut self.stats;
             for r in &self.received {
                 if r.truncated {
-                    self.stats.truncated += 1;
+                    stats.truncated += 1;
                     continue;
                 }
                 let source = canonical(r.source);
-                let bytes = &self.rx_buf[r.slot * slot_bytes..][..r.len];
-                self.stats.bytes_received += r.len as u64;
+                let bytes = &mut self.rx_buf[r.slot * slot_bytes..][..r.len];
+                stats.bytes_received += r.len as u64;
                 if r.segment_len < r.len {
-                    for datagram in bytes.chunks(r.segment_len) {
+                    for datagram in bytes.chunks_mut(r.segment_len) {
                         deliver(now, source, datagram);
                         delivered += 1;
-                        self.stats.gro_segments += 1;
+                        stats.gro_segments += 1;
                     }
                 } else {
                     deliver(now, source, bytes);
                     delivered += 1;
                 }
             }
-            self.stats.datagrams_received += delivered as u64;
+            stats.datagrams_received += delivered as u64;
             return Ok((delivered, read == slots));
         }
         // One byte more than a slot: a datagram that fills it was too big for the slot.
@@ -539,7 +541,7 @@ impl UdpDriver {
             self.stats.truncated += 1;
             return Ok((0, true));
         }
-        deliver(Instant::now(), canonical(source), &self.rx_buf[..len]);
+        deliver(Instant::now(), canonical(source), &mut self.rx_buf[..len]);
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += len as u64;
         Ok((1, true))
@@ -554,7 +556,7 @@ impl UdpDriver {
     /// Wait until the socket is readable, then receive into `deliver` (see `receive_with`).
     pub(crate) async fn wait_receive(
         &mut self,
-        deliver: impl FnMut(Instant, SocketAddr, &[u8]),
+        deliver: impl FnMut(Instant, SocketAddr, &mut [u8]),
     ) -> io::Result<usize> {
         self.socket.readable().await?;
         self.receive_with(deliver)
