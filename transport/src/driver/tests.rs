@@ -384,3 +384,12 @@ async fn unreachable_peer_is_not_fatal() {
     }
     assert!(d.stats().datagrams_sent >= 2, "SYN retried");
 }
+
+#[test]
+fn fanout_floor_sends_each_child_its_bytes_per_burst() {
+    let f = super::bench_fanout(3, 2500, 1200, Duration::from_millis(5), Duration::from_millis(40)).unwrap();
+    // Each burst: 3 children × (1200 + 1200 + 100) bytes.
+    assert!(f.bytes_sent >= 7500, "{f:?}");
+    assert_eq!(f.bytes_sent % 7500, 0, "{f:?}");
+    assert_eq!(f.datagrams_sent, f.bytes_sent / 7500 * 9, "{f:?}");
+}
