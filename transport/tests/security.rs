@@ -110,9 +110,9 @@ impl Net {
                 if entry.key().0 > self.now {
                     break;
                 }
-                let (from, to, data) = entry.remove();
+                let (from, to, mut data) = entry.remove();
                 if let Some(ep) = self.nodes.get_mut(&to) {
-                    ep.handle_datagram(self.now, from, &data);
+                    ep.handle_datagram(self.now, from, &mut data);
                 }
             }
             for ep in self.nodes.values_mut() {
@@ -282,7 +282,7 @@ fn every_single_bit_flip_of_sampled_packets_is_rejected_and_counted() {
             let mut q = p.clone();
             q[bit / 8] ^= 1 << (bit % 8);
             let now = net.now;
-            net.ep(addr(B)).handle_datagram(now, addr(A), &q);
+            net.ep(addr(B)).handle_datagram(now, addr(A), &mut q);
             flips += 1;
         }
     }
@@ -442,8 +442,8 @@ fn goodput_under_flood(flood: u32) -> (f64, rill_transport::EndpointStats) {
                 [10, (ip >> 16) as u8, (ip >> 8) as u8, ip as u8],
                 1024 + (ip % 60000) as u16,
             ));
-            let syn = forged_syn(&mut rng, (ip & 1) as u8);
-            sim.endpoint_mut(b).handle_datagram(t, from, &syn);
+            let mut syn = forged_syn(&mut rng, (ip & 1) as u8);
+            sim.endpoint_mut(b).handle_datagram(t, from, &mut syn);
         }
         max_sessions = max_sessions.max(sim.endpoint(b).stats().sessions);
     }
@@ -489,9 +489,9 @@ fn a_new_peer_gets_in_during_a_flood_by_answering_the_cookie_challenge() {
             for _ in 0..20 {
                 let ip = rng.next_u32();
                 let from = SocketAddr::from(([172, 16, (ip >> 8) as u8, ip as u8], 2000));
-                let syn = forged_syn(rng, 0);
+                let mut syn = forged_syn(rng, 0);
                 let now = net.now;
-                net.ep(addr(B)).handle_datagram(now, from, &syn);
+                net.ep(addr(B)).handle_datagram(now, from, &mut syn);
             }
             net.run_for(Duration::from_millis(1));
         }

@@ -10,6 +10,13 @@
 //!   system time of its thread. On loopback the kernel runs each receiver's UDP receive
 //!   path inside the sender's `sendmmsg`, so the system part includes work a real network
 //!   would do on the receiving hosts; `cpu_per_gbit_user` is the user-space part alone;
+//! - `floor_cpu_per_gbit`: measured after the run, in the same process, the driver alone
+//!   (no endpoint, crypto or swarm) sending the same bytes per chunk interval to as many
+//!   loopback receivers, each child's bytes in a row (`driver::bench_fanout`): sockets
+//!   and kernel only, the part of `cpu_per_gbit` that better transport code cannot remove;
+//! - `datagrams_per_message`: datagrams per message the kernel's UDP/IP stack handled
+//!   (a GSO message of n segments counts once): what the per-datagram kernel cost is
+//!   divided by;
 //! - `relay_upload_mbps`, `relay_children`, viewers' `arrival_lag_ms` and chunks received.
 
 use std::sync::{Arc, Mutex};
@@ -48,6 +55,9 @@ pub struct RelayArgs {
 }
 
 const WARMUP: Duration = Duration::from_secs(3);
+/// Longest run of the fan-out floor (`floor_cpu_per_gbit`): long enough for a stable
+/// figure, short enough not to double the benchmark's time.
+const FLOOR_DURATION: Duration = Duration::from_secs(5);
 /// One keyframe per second of stream, as the built-in sample has.
 const KEYFRAME_EVERY_CHUNKS: u64 = 40;
 
@@ -181,6 +191,17 @@ pub fn run(args: &RelayArgs) -> Result<()> {
     let interval = relay_after.uptime.saturating_sub(relay_before.uptime).as_secs_f64().max(1e-3);
     let expected_chunks = interval / CHUNK_DURATION.as_secs_f64();
     let min_chunks = viewer_chunks.iter().copied().min().unwrap_or(0);
+    // The floor: the same bytes per chunk interval and child, from the driver alone.
+    let bytes_per_child =
+        (sent_bits / 8.0 / expected_chunks.max(1.0) / args.children as f64).round().max(1.0) as usize;
+    let floor = rill_transport::driver::bench_fanout(
+        args.children,
+        bytes_per_child,
+        rill_transport::DEFAULT_MAX_DATAGRAM_SIZE,
+        CHUNK_DURATION,
+        duration.min(FLOOR_DURATION),
+    )
+    .context("fan-out floor on 127.0.0.1")?;
     let row = json!({
         "scenario": "relay",
         "children": args.children,
@@ -192,11 +213,13 @@ pub fn run(args: &RelayArgs) -> Result<()> {
 
         "cpu_per_gbit": round(cpu / (sent_bits / 1e9).max(1e-9), 3),
         "cpu_per_gbit_user": round(user / (sent_bits / 1e9).max(1e-9), 3),
+        "floor_cpu_per_gbit": round(floor.cpu_per_gbit, 3),
         "datagrams_per_send_call": round(
             relay_after.datagrams_sent.saturating_sub(relay_before.datagrams_sent) as f64
                 / relay_after.send_syscalls.saturating_sub(relay_before.send_syscalls).max(1) as f64,
             1
         ),
+        "datagrams_per_message": round(datagrams_per_message(&relay_before, &relay_after), 1),
         "datagrams_per_recv_call": round(
             relay_after.datagrams_received.saturating_sub(relay_before.datagrams_received) as f64
                 / relay_after.recv_syscalls.saturating_sub(relay_before.recv_syscalls).max(1) as f64,
@@ -204,6 +227,10 @@ pub fn run(args: &RelayArgs) -> Result<()> {
         ),
         "relay_datagrams_sent_per_s": round(
             relay_after.datagrams_sent.saturating_sub(relay_before.datagrams_sent) as f64 / interval,
+            0
+        ),
+        "relay_datagrams_received_per_s": round(
+            relay_after.datagrams_received.saturating_sub(relay_before.datagrams_received) as f64 / interval,
             0
         ),
         "arrival_lag_ms": lag_json(&viewer_lags),
@@ -217,4 +244,14 @@ pub fn run(args: &RelayArgs) -> Result<()> {
         report.print_table("relay: forwarding cost over real UDP on loopback");
     }
     Ok(())
+}
+
+/// Datagrams the relay sent between two snapshots per message its kernel handled: a GSO
+/// message counts once however many segments it carries.
+fn datagrams_per_message(before: &NodeSnapshot, after: &NodeSnapshot) -> f64 {
+    let datagrams = after.datagrams_sent.saturating_sub(before.datagrams_sent);
+    let segments = after.gso_segments.saturating_sub(before.gso_segments);
+    let gso_messages = after.gso_messages.saturating_sub(before.gso_messages);
+    let messages = datagrams.saturating_sub(segments) + gso_messages;
+    datagrams as f64 / messages.max(1) as f64
 }

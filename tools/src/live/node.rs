@@ -119,6 +119,10 @@ pub struct NodeSnapshot {
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
     pub send_syscalls: u64,
+    /// Datagrams that left as segments of GSO messages, and those messages: the kernel
+    /// handled `datagrams_sent - gso_segments + gso_messages` messages in all.
+    pub gso_segments: u64,
+    pub gso_messages: u64,
     pub recv_syscalls: u64,
     /// Swarm messages that did not decode (the session that sent one is closed).
     pub malformed_messages: u64,
@@ -158,6 +162,53 @@ pub struct LiveNode {
     established: BTreeSet<SessionId>,
     snapshot: NodeSnapshot,
     started: Instant,
+    /// The chunk message encoded last, and its bytes. A relay forwards each chunk to all
+    /// its children in a row: encoding it once and sharing the bytes saves a copy and an
+    /// allocation of the chunk per child (memcpy and malloc/free were ~5% of a 16-child
+    /// relay's thread, measured with perf).
+    last_chunk: Option<(EncodedChunk, Bytes)>,
+}
+
+/// What makes two chunk messages encode alike: every field `Message::encode` writes.
+/// The payload is held (a reference count), so equal pointers mean equal bytes: the
+/// allocation cannot be freed and reused for another payload while we hold it.
+#[derive(Debug)]
+struct EncodedChunk {
+    hops: u8,
+    seq: u64,
+    ingest_us: u64,
+    keyframe: bool,
+    stripe: u8,
+    stripes: u8,
+    signature: [u8; 64],
+    payload: Bytes,
+}
+
+impl EncodedChunk {
+    fn new(hops: u8, chunk: &Chunk) -> Self {
+        EncodedChunk {
+            hops,
+            seq: chunk.seq,
+            ingest_us: chunk.ingest_us,
+            keyframe: chunk.keyframe,
+            stripe: chunk.stripe,
+            stripes: chunk.stripes,
+            signature: chunk.signature,
+            payload: chunk.payload.clone(),
+        }
+    }
+
+    fn matches(&self, hops: u8, chunk: &Chunk) -> bool {
+        self.hops == hops
+            && self.seq == chunk.seq
+            && self.ingest_us == chunk.ingest_us
+            && self.keyframe == chunk.keyframe
+            && self.stripe == chunk.stripe
+            && self.stripes == chunk.stripes
+            && self.signature == chunk.signature
+            && self.payload.as_ptr() == chunk.payload.as_ptr()
+            && self.payload.len() == chunk.payload.len()
+    }
 }
 
 /// Why `run` returned.
@@ -227,6 +278,7 @@ impl LiveNode {
             established: BTreeSet::new(),
             snapshot,
             started: now,
+            last_chunk: None,
         })
     }
 
@@ -432,9 +484,18 @@ impl LiveNode {
                 }
             },
         };
-        let mut buf = Vec::with_capacity(message.encoded_len());
-        message.encode(&mut buf);
-        if let Err(e) = self.endpoint.send(now, session, Bytes::from(buf), opts) {
+        let data = match message {
+            Message::Chunk { hops, chunk } => match &self.last_chunk {
+                Some((key, bytes)) if key.matches(*hops, chunk) => bytes.clone(),
+                _ => {
+                    let bytes = encode(message);
+                    self.last_chunk = Some((EncodedChunk::new(*hops, chunk), bytes.clone()));
+                    bytes
+                }
+            },
+            _ => encode(message),
+        };
+        if let Err(e) = self.endpoint.send(now, session, data, opts) {
             tracing::debug!(peer = ?to.id, error = %e, "cannot queue a swarm message");
             self.snapshot.send_failures += 1;
         }
@@ -492,6 +553,7 @@ impl LiveNode {
         (s.bytes_sent, s.bytes_received) = (d.bytes_sent, d.bytes_received);
         (s.datagrams_sent, s.datagrams_received) = (d.datagrams_sent, d.datagrams_received);
         (s.send_syscalls, s.recv_syscalls) = (d.send_syscalls, d.recv_syscalls);
+        (s.gso_segments, s.gso_messages) = (d.gso_segments, d.gso_messages);
         let e = self.endpoint.stats();
         s.handshake_failures = e.handshake_failures;
         s.auth_failures = e.auth_failures;
@@ -507,6 +569,12 @@ impl LiveNode {
         s.thread_cpu = rill_transport::driver::thread_cpu_time();
         s.thread_cpu_user = rill_transport::driver::thread_user_cpu_time();
     }
+}
+
+fn encode(message: &Message) -> Bytes {
+    let mut buf = Vec::with_capacity(message.encoded_len());
+    message.encode(&mut buf);
+    Bytes::from(buf)
 }
 
 enum Wake {
@@ -542,4 +610,37 @@ fn advertised_addr(bound: SocketAddr) -> SocketAddr {
         std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
     });
     SocketAddr::new(ip, bound.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seq: u64, payload: Bytes) -> Chunk {
+        Chunk {
+            seq,
+            ingest_us: 7,
+            keyframe: false,
+            stripe: (seq % 4) as u8,
+            stripes: 4,
+            payload,
+            signature: [9; 64],
+        }
+    }
+
+    #[test]
+    fn encoded_chunk_is_reused_only_for_the_same_message() {
+        let payload = Bytes::from(vec![1u8; 1000]);
+        let c = chunk(5, payload.clone());
+        let key = EncodedChunk::new(2, &c);
+        assert!(key.matches(2, &chunk(5, payload.clone())), "same chunk, same bytes");
+        assert!(!key.matches(3, &c), "hops differ");
+        assert!(!key.matches(2, &chunk(6, payload.clone())), "seq differs");
+        let mut other = chunk(5, payload);
+        other.ingest_us += 1;
+        assert!(!key.matches(2, &other), "a field differs");
+        // Equal contents in another buffer count as different: only the pointer is
+        // compared, which is cheap and never wrong while the key holds the payload.
+        assert!(!key.matches(2, &chunk(5, Bytes::from(vec![1u8; 1000]))));
+    }
 }

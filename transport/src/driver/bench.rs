@@ -233,3 +233,103 @@ async fn receive(
         path: receive_path(driver.socket_report()),
     })
 }
+
+/// What a bare fan-out costs: [`bench_fanout`]'s figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FanoutFigure {
+    pub bytes_sent: u64,
+    pub datagrams_sent: u64,
+    /// Sender thread CPU time (user + system) over the run.
+    pub sender_cpu: Duration,
+    /// Sender thread CPU seconds per gigabit sent (0 where the OS cannot tell).
+    pub cpu_per_gbit: f64,
+}
+
+/// The floor under a relay's forwarding cost: the driver alone (no endpoint, no crypto, no
+/// swarm) sends bursts of `bytes_per_child` bytes, in datagrams of at most
+/// `datagram_bytes`, to each of `children` receivers on 127.0.0.1, a burst every
+/// `interval` for `duration`, with the default socket options (sendmmsg, GSO; the
+/// receivers read with GRO on one thread). Each child's burst is consecutive, as the
+/// endpoint hands them out, so it leaves as one GSO message.
+pub fn bench_fanout(
+    children: usize,
+    bytes_per_child: usize,
+    datagram_bytes: usize,
+    interval: Duration,
+    duration: Duration,
+) -> io::Result<FanoutFigure> {
+    assert!(children > 0 && bytes_per_child > 0 && datagram_bytes > 0, "an empty fan-out");
+    let (addrs_out, addrs_in) = mpsc::channel::<io::Result<Vec<SocketAddr>>>();
+    let sender_done = Arc::new(AtomicBool::new(false));
+    let receivers = {
+        let sender_done = sender_done.clone();
+        thread::spawn(move || {
+            runtime()?.block_on(async move {
+                let mut drivers = Vec::new();
+                for _ in 0..children {
+                    match UdpDriver::bind(
+                        "127.0.0.1:0".parse().expect("literal address"),
+                        &SocketOptions::default(),
+                    ) {
+                        Ok(d) => drivers.push(d),
+                        Err(e) => {
+                            let _ = addrs_out.send(Err(io::Error::new(e.kind(), e.to_string())));
+                            return Err(e);
+                        }
+                    }
+                }
+                let _ = addrs_out.send(drivers.iter().map(UdpDriver::local_addr).collect());
+                let mut tasks = tokio::task::JoinSet::new();
+                for mut driver in drivers {
+                    let sender_done = sender_done.clone();
+                    tasks.spawn(async move {
+                        while !sender_done.load(Ordering::Acquire) {
+                            let read = driver.wait_receive(|_, _, _| {});
+                            let _ = tokio::time::timeout(RECEIVER_IDLE, read).await;
+                        }
+                    });
+                }
+                while tasks.join_next().await.is_some() {}
+                io::Result::Ok(())
+            })
+        })
+    };
+    let destinations =
+        addrs_in.recv().map_err(|_| io::Error::other("receiver thread ended before binding"))??;
+    let sent = runtime()?.block_on(async {
+        let mut driver =
+            UdpDriver::bind("127.0.0.1:0".parse().expect("literal address"), &SocketOptions::default())?;
+        let mut tick = tokio::time::interval(interval);
+        let end = Instant::now() + duration;
+        let cpu0 = thread_cpu();
+        while Instant::now() < end {
+            tick.tick().await;
+            let (mut child, mut offset) = (0, 0);
+            driver.flush_with(datagram_bytes, |_, buf| {
+                if offset == bytes_per_child {
+                    child += 1;
+                    offset = 0;
+                }
+                let &destination = destinations.get(child)?;
+                let size = datagram_bytes.min(bytes_per_child - offset);
+                buf[..size].fill(0x5a);
+                offset += size;
+                Some(Transmit { destination, size })
+            })?;
+            while driver.has_pending() {
+                driver.wait_writable().await?;
+            }
+        }
+        io::Result::Ok((thread_cpu() - cpu0, driver))
+    });
+    sender_done.store(true, Ordering::Release);
+    receivers.join().map_err(|_| io::Error::other("receiver thread panicked"))??;
+    let (sender_cpu, driver) = sent?;
+    let stats = driver.stats();
+    Ok(FanoutFigure {
+        bytes_sent: stats.bytes_sent,
+        datagrams_sent: stats.datagrams_sent,
+        sender_cpu,
+        cpu_per_gbit: sender_cpu.as_secs_f64() / (stats.bytes_sent as f64 * 8.0 / 1e9).max(1e-9),
+    })
+}

@@ -43,7 +43,7 @@ use tokio::net::UdpSocket;
 
 use crate::endpoint::{Endpoint, Transmit};
 
-pub use bench::{bench_batch_io, BatchIoFigure};
+pub use bench::{bench_batch_io, bench_fanout, BatchIoFigure, FanoutFigure};
 use timer::Timer;
 pub use timer::MIN_WAKE_INTERVAL;
 pub use tx::BATCH;
@@ -444,10 +444,11 @@ impl UdpDriver {
     }
 
     /// `receive` into any sink: `deliver(now, source, datagram)`, `now` read once per
-    /// system call.
+    /// system call. The datagram is the driver's receive buffer, which the sink may
+    /// change (the endpoint decrypts in place).
     pub(crate) fn receive_with(
         &mut self,
-        mut deliver: impl FnMut(Instant, SocketAddr, &[u8]),
+        mut deliver: impl FnMut(Instant, SocketAddr, &mut [u8]),
     ) -> io::Result<usize> {
         let mut delivered = 0;
         for _ in 0..MAX_RECEIVE_PER_STEP {
@@ -482,7 +483,7 @@ impl UdpDriver {
     /// filled every slot (so more may be waiting).
     fn receive_once(
         &mut self,
-        deliver: &mut impl FnMut(Instant, SocketAddr, &[u8]),
+        deliver: &mut impl FnMut(Instant, SocketAddr, &mut [u8]),
     ) -> io::Result<(usize, bool)> {
         let slot_bytes = self.rx_slot_bytes;
         #[cfg(target_os = "linux")]
@@ -491,31 +492,47 @@ impl UdpDriver {
             let (socket, buf, received) = (&self.socket, &mut self.rx_buf, &mut self.received);
             received.clear();
             let slots = (buf.len() / slot_bytes).min(BATCH);
-            let read = socket.try_io(tokio::io::Interest::READABLE, || {
-                sys::recv(socket.as_fd(), buf, slot_bytes, received)
-            })?;
+            let mut read = 0;
+            let result = socket.try_io(tokio::io::Interest::READABLE, || {
+                read = sys::recv(socket.as_fd(), buf, slot_bytes, received)?;
+                if read < slots {
+                    // recvmmsg stops short only when the queue ran dry (EAGAIN after the
+                    // first datagram), so the socket is drained. tokio forgets readiness
+                    // only on WouldBlock: say so, or the next `step` wakes at once for a
+                    // recvmmsg that finds nothing (half a relay's loop turns, measured).
+                    // Datagrams arriving from here on raise a new edge, so none waits.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(read)
+            });
+            match result {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => {}
+                Err(e) => return Err(e),
+            }
             let now = Instant::now();
             let mut delivered = 0;
+            let stats = &mut self.stats;
             for r in &self.received {
                 if r.truncated {
-                    self.stats.truncated += 1;
+                    stats.truncated += 1;
                     continue;
                 }
                 let source = canonical(r.source);
-                let bytes = &self.rx_buf[r.slot * slot_bytes..][..r.len];
-                self.stats.bytes_received += r.len as u64;
+                let bytes = &mut self.rx_buf[r.slot * slot_bytes..][..r.len];
+                stats.bytes_received += r.len as u64;
                 if r.segment_len < r.len {
-                    for datagram in bytes.chunks(r.segment_len) {
+                    for datagram in bytes.chunks_mut(r.segment_len) {
                         deliver(now, source, datagram);
                         delivered += 1;
-                        self.stats.gro_segments += 1;
+                        stats.gro_segments += 1;
                     }
                 } else {
                     deliver(now, source, bytes);
                     delivered += 1;
                 }
             }
-            self.stats.datagrams_received += delivered as u64;
+            stats.datagrams_received += delivered as u64;
             return Ok((delivered, read == slots));
         }
         // One byte more than a slot: a datagram that fills it was too big for the slot.
@@ -524,7 +541,7 @@ impl UdpDriver {
             self.stats.truncated += 1;
             return Ok((0, true));
         }
-        deliver(Instant::now(), canonical(source), &self.rx_buf[..len]);
+        deliver(Instant::now(), canonical(source), &mut self.rx_buf[..len]);
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += len as u64;
         Ok((1, true))
@@ -539,7 +556,7 @@ impl UdpDriver {
     /// Wait until the socket is readable, then receive into `deliver` (see `receive_with`).
     pub(crate) async fn wait_receive(
         &mut self,
-        deliver: impl FnMut(Instant, SocketAddr, &[u8]),
+        deliver: impl FnMut(Instant, SocketAddr, &mut [u8]),
     ) -> io::Result<usize> {
         self.socket.readable().await?;
         self.receive_with(deliver)
@@ -570,7 +587,7 @@ impl UdpDriver {
         let pending = self.tx.has_pending();
         let deadline = endpoint.poll_timeout();
         let ready = {
-            let (socket, timer) = (&self.socket, &self.timer);
+            let (socket, timer) = (&self.socket, &mut self.timer);
             tokio::select! {
                 r = socket.readable() => { r?; Ready::Readable }
                 r = socket.writable(), if pending => { r?; Ready::Writable }

@@ -266,6 +266,15 @@ async fn timer_is_finer_than_tokio_and_spaces_wakes() {
     let deadline = Instant::now() + Duration::from_millis(3);
     timer.sleep_until(Some(deadline)).await.unwrap();
     assert!(Instant::now() >= deadline);
+    // A wait for the instant a cancelled wait armed the timerfd for keeps that arming
+    // (no re-arm), and it still ends on time, neither early nor never.
+    let at = Instant::now() + Duration::from_millis(2);
+    let _ = tokio::time::timeout(Duration::from_micros(300), timer.sleep_until(Some(at))).await;
+    tokio::time::timeout(Duration::from_secs(1), timer.sleep_until(Some(at)))
+        .await
+        .expect("the kept arming fires")
+        .unwrap();
+    assert!(Instant::now() >= at);
 }
 
 #[test]
@@ -374,4 +383,13 @@ async fn unreachable_peer_is_not_fatal() {
         d.step(&mut ep, tokio::time::sleep(Duration::from_millis(50))).await.unwrap();
     }
     assert!(d.stats().datagrams_sent >= 2, "SYN retried");
+}
+
+#[test]
+fn fanout_floor_sends_each_child_its_bytes_per_burst() {
+    let f = super::bench_fanout(3, 2500, 1200, Duration::from_millis(5), Duration::from_millis(40)).unwrap();
+    // Each burst: 3 children × (1200 + 1200 + 100) bytes.
+    assert!(f.bytes_sent >= 7500, "{f:?}");
+    assert_eq!(f.bytes_sent % 7500, 0, "{f:?}");
+    assert_eq!(f.datagrams_sent, f.bytes_sent / 7500 * 9, "{f:?}");
 }

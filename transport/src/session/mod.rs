@@ -81,6 +81,9 @@ const MAX_PENDING_ABANDONS: usize = MAX_OUTSTANDING_MESSAGES;
 /// Send STOP_WAITING when the peer may still be tracking this many packets below our
 /// least unacked one.
 const STOP_WAITING_EVERY: u64 = 16;
+/// Frames of one received packet held without allocating: a full packet is usually one or
+/// two DATA frames and an ACK; more spill to the heap.
+const FRAMES_INLINE: usize = 8;
 /// Handshake retransmission: first retry after this, doubling (ours: below RFC 6298's 1 s
 /// initial RTO because a viewer joining a live stream should not wait a second per loss).
 const HANDSHAKE_RETRY: Duration = Duration::from_millis(250);
@@ -411,13 +414,15 @@ impl Session {
         events: &mut dyn EventSink,
     ) -> Received {
         // Validate every frame before acting on any, so a malformed packet changes nothing.
-        let mut ack_eliciting = false;
+        // Parsed once: the checks below and the handling walk this list.
+        let mut frames: SmallVec<[Frame<'_>; FRAMES_INLINE]> = SmallVec::new();
         for frame in Frames::new(body) {
             match frame {
-                Ok(f) => ack_eliciting |= f.is_ack_eliciting(),
+                Ok(f) => frames.push(f),
                 Err(_) => return Received::Malformed,
             }
         }
+        let ack_eliciting = frames.iter().any(Frame::is_ack_eliciting);
         if matches!(self.state, State::Connecting | State::Accepting | State::Closed) {
             return Received::Ok;
         }
@@ -439,8 +444,8 @@ impl Session {
 
         // Data frames first decide whether we can take the packet at all: if the receive
         // buffer cannot hold a new message we drop the packet unacked (it comes again).
-        let needed: usize = Frames::new(body)
-            .filter_map(Result::ok)
+        let needed: usize = frames
+            .iter()
             .filter_map(|f| match f {
                 Frame::Data(d)
                     if !self.incoming.contains_key(&d.message) && !self.finished.contains(d.message) =>
@@ -454,7 +459,7 @@ impl Session {
             return Received::Ok;
         }
 
-        for frame in Frames::new(body).filter_map(Result::ok) {
+        for frame in frames {
             let ok = match frame {
                 Frame::Ack(ack) => self.on_ack_frame(now, &ack, events),
                 Frame::Data(d) => self.on_data_frame(d, events),

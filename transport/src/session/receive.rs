@@ -14,8 +14,28 @@ use crate::wire::{self, DataFrame, Writer};
 #[derive(Debug)]
 pub(super) struct InMessage {
     pub(super) class: Class,
+    /// The length the sender declared; every fragment must agree.
+    pub(super) total_len: usize,
+    /// The message so far, up to the end of the furthest fragment written. `total_len`
+    /// bytes are reserved up front but not zero-filled: fragments mostly come in order
+    /// and are appended, and only a gap (a later fragment first) is filled with zeros
+    /// until its own fragment overwrites them.
     pub(super) buf: Vec<u8>,
     pub(super) received: RangeSet,
+}
+
+impl InMessage {
+    /// Copy a fragment to `offset` (`offset + data.len() <= total_len`, as
+    /// `wire::Frames` checks).
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        debug_assert!(offset + data.len() <= self.total_len);
+        if offset > self.buf.len() {
+            self.buf.resize(offset, 0);
+        }
+        let overwrite = (self.buf.len() - offset).min(data.len());
+        self.buf[offset..offset + overwrite].copy_from_slice(&data[..overwrite]);
+        self.buf.extend_from_slice(&data[overwrite..]);
+    }
 }
 
 impl Session {
@@ -76,22 +96,28 @@ impl Session {
                 self.deliver(d.message, d.class, Bytes::copy_from_slice(d.data), events);
                 return true;
             }
-            self.incoming_bytes += d.total_len as usize;
+            let total_len = d.total_len as usize;
+            self.incoming_bytes += total_len;
             self.incoming.insert(
                 d.message,
-                InMessage { class: d.class, buf: vec![0; d.total_len as usize], received: RangeSet::new() },
+                InMessage {
+                    class: d.class,
+                    total_len,
+                    buf: Vec::with_capacity(total_len),
+                    received: RangeSet::new(),
+                },
             );
         }
         let Some(m) = self.incoming.get_mut(&d.message) else { return true };
-        if m.buf.len() as u64 != d.total_len || m.class != d.class {
+        if m.total_len as u64 != d.total_len || m.class != d.class {
             return false;
         }
-        let start = d.offset as usize;
-        m.buf[start..start + d.data.len()].copy_from_slice(d.data);
+        m.write(d.offset as usize, d.data);
         m.received.insert(d.offset..d.offset + d.data.len() as u64);
         if m.received.contains_range(0..d.total_len) {
             if let Some(m) = self.incoming.remove(&d.message) {
-                self.incoming_bytes -= m.buf.len();
+                debug_assert_eq!(m.buf.len(), m.total_len);
+                self.incoming_bytes -= m.total_len;
                 self.deliver(d.message, m.class, Bytes::from(m.buf), events);
             }
         }
@@ -110,7 +136,7 @@ impl Session {
             return;
         }
         if let Some(m) = self.incoming.remove(&message) {
-            self.incoming_bytes -= m.buf.len();
+            self.incoming_bytes -= m.total_len;
         }
         self.finished.insert(message..message + 1);
         self.stats.messages_abandoned_received += 1;
@@ -131,5 +157,33 @@ impl Session {
         self.ack_eliciting_unacked = 0;
         self.ack_deadline = None;
         self.ack_now = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragments_in_any_order_reassemble_exactly() {
+        let message: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // In order, a gap filled later, an overlapping repeat, and the tail first.
+        let orders: [&[(usize, usize)]; 3] = [
+            &[(0, 300), (300, 600), (600, 1000)],
+            &[(600, 1000), (0, 300), (300, 600)],
+            &[(0, 400), (700, 1000), (300, 800), (350, 360)],
+        ];
+        for order in orders {
+            let mut m = InMessage {
+                class: Class::Stream,
+                total_len: message.len(),
+                buf: Vec::with_capacity(message.len()),
+                received: RangeSet::new(),
+            };
+            for &(start, end) in order {
+                m.write(start, &message[start..end]);
+            }
+            assert_eq!(m.buf, message, "{order:?}");
+        }
     }
 }

@@ -312,13 +312,13 @@ impl Simulation {
 
     fn deliver_due(&mut self) {
         let now = self.now;
-        while let Some(d) = self.network.poll_delivery(now) {
+        while let Some(mut d) = self.network.poll_delivery(now) {
             let Some(&i) = self.by_addr.get(&d.to) else {
                 self.stats.datagrams_unclaimed += 1;
                 continue;
             };
             self.stats.datagrams_delivered += 1;
-            self.hosts[i].endpoint.handle_datagram(now, d.from, &d.data);
+            self.hosts[i].endpoint.handle_datagram(now, d.from, &mut d.data);
             self.flush(i);
         }
     }

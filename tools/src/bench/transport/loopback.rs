@@ -1,9 +1,16 @@
 //! `--scenario loopback`: one bulk session over real UDP on 127.0.0.1, through the tokio
-//! driver, sender and receiver in their own tasks (two cores, two workers).
+//! driver.
 //!
 //! Sessions are encrypted (as all rill sessions are); each row also carries `aead_mbps`, the
 //! raw ChaCha20-Poly1305 throughput of one core on the bytes of one packet, measured in the
 //! same run, and `vs_aead`, the session's goodput over it.
+//!
+//! Sender and receiver each run on a thread of their own (one runtime each, as rill runs
+//! a node), and each row reports both threads' CPU time and the goodput each side could
+//! carry with a core to itself (`sender_bound_mbps`, `receiver_bound_mbps`: bytes
+//! delivered over that thread's CPU seconds); `bound_vs_aead` is the slower side's bound
+//! over `aead_cpu_mbps` (the AEAD figure per CPU second of its thread, so that preemption
+//! on a shared machine cancels out): the ceiling of `vs_aead` with a core per side.
 //!
 //! The same session runs once per socket I/O path the driver knows, in one run, so the
 //! rows compare like with like on a shared machine: `gso+gro` (the default), `gso`
@@ -23,7 +30,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use rill_transport::crypto::aead::{seal_throughput_mbps, TAG_LEN};
-use rill_transport::driver::{process_cpu_time as process_cpu, SocketOptions, UdpDriver};
+use rill_transport::driver::{process_cpu_time as process_cpu, thread_cpu_time, SocketOptions, UdpDriver};
 use rill_transport::wire::HEADER_LEN;
 use rill_transport::DEFAULT_MAX_DATAGRAM_SIZE;
 use rill_transport::{Class, Endpoint, EndpointConfig, Event, SendOptions};
@@ -81,13 +88,20 @@ const IO_PATHS: [(&str, SocketOptions); 4] = [
 
 pub fn run(args: &TransportArgs) -> Result<()> {
     let duration = Duration::from_secs_f64(args.duration.unwrap_or(3.0).clamp(0.2, 600.0));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The sender runs on this thread's runtime, the receiver on a thread of its own: one
+    // thread per endpoint, as rill runs its nodes, so each side's thread CPU is its cost.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut report = Report::default();
     let mut baseline = None;
     // The raw AEAD on one core, on the bytes one full packet encrypts (frames after the
     // header), measured in this same run: the ceiling an encrypted session works under.
     let sealed = DEFAULT_MAX_DATAGRAM_SIZE - HEADER_LEN - TAG_LEN;
+    let (wall0, cpu0) = (Instant::now(), thread_cpu_time());
     let aead_mbps = seal_throughput_mbps(sealed, Duration::from_secs_f64(duration.as_secs_f64().min(1.0)));
+    // The same figure per CPU second of this thread (a shared machine preempts it): what
+    // the per-side bounds below, also per CPU second, are compared with.
+    let aead_cpu_mbps =
+        aead_mbps * wall0.elapsed().as_secs_f64() / (thread_cpu_time() - cpu0).as_secs_f64().max(1e-6);
     for (name, opts) in &IO_PATHS {
         let mut row = rt.block_on(measure(duration, name, opts))?;
         let goodput = row["goodput_mbps"].as_f64().unwrap_or(0.0);
@@ -96,6 +110,14 @@ pub fn run(args: &TransportArgs) -> Result<()> {
         row["vs_default"] = json!(round(if base > 0.0 { goodput / base } else { 0.0 }, 2));
         row["aead_mbps"] = json!(round(aead_mbps, 0));
         row["vs_aead"] = json!(round(if aead_mbps > 0.0 { goodput / aead_mbps } else { 0.0 }, 2));
+        // The most this session could reach here if each side had a core to itself: the
+        // slower side's bound. Below 0.7 × the AEAD, no scheduling reaches the target.
+        let bound = row["sender_bound_mbps"]
+            .as_f64()
+            .unwrap_or(0.0)
+            .min(row["receiver_bound_mbps"].as_f64().unwrap_or(0.0));
+        row["aead_cpu_mbps"] = json!(round(aead_cpu_mbps, 0));
+        row["bound_vs_aead"] = json!(round(if aead_cpu_mbps > 0.0 { bound / aead_cpu_mbps } else { 0.0 }, 2));
         report.emit(row, args.json);
     }
     if !args.json {
@@ -138,39 +160,50 @@ pub fn run_batch_io(args: &TransportArgs) -> Result<()> {
 }
 
 async fn measure(duration: Duration, io: &str, opts: &SocketOptions) -> Result<serde_json::Value> {
-    let mut rx_driver = UdpDriver::bind("127.0.0.1:0".parse()?, opts).context("binding receiver socket")?;
     let mut tx_driver = UdpDriver::bind("127.0.0.1:0".parse()?, opts).context("binding sender socket")?;
-    let rx_addr: SocketAddr = rx_driver.local_addr()?;
     let socket = tx_driver.socket_report().clone();
     let stop = Arc::new(Notify::new());
 
-    let now = Instant::now();
-    let mut rx = Endpoint::new(EndpointConfig::default(), now, 2);
+    // The receiver runs on a thread of its own (its own runtime, as a node's task does),
+    // so that thread's CPU time is what receiving cost.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let receiver = {
         let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut bytes = 0u64;
-            let mut first: Option<Instant> = None;
-            let mut last = Instant::now();
-            loop {
-                let stopped = rx_driver.step(&mut rx, stop.notified()).await?.woken();
-                while let Some(e) = rx.poll_event() {
-                    if let Event::Message { data, .. } = e {
-                        let t = Instant::now();
-                        first.get_or_insert(t);
-                        last = t;
-                        bytes += data.len() as u64;
+        let opts = opts.clone();
+        std::thread::Builder::new().name("receiver".into()).spawn(move || -> Result<Received> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let mut rx_driver =
+                    UdpDriver::bind("127.0.0.1:0".parse()?, &opts).context("binding receiver socket")?;
+                let _ = addr_tx.send(rx_driver.local_addr()?);
+                let mut rx = Endpoint::new(EndpointConfig::default(), Instant::now(), 2);
+                let cpu0 = thread_cpu_time();
+                let mut bytes = 0u64;
+                let mut first: Option<Instant> = None;
+                let mut last = Instant::now();
+                loop {
+                    let stopped = rx_driver.step(&mut rx, stop.notified()).await?.woken();
+                    while let Some(e) = rx.poll_event() {
+                        if let Event::Message { data, .. } = e {
+                            let t = Instant::now();
+                            first.get_or_insert(t);
+                            last = t;
+                            bytes += data.len() as u64;
+                        }
+                    }
+                    if stopped {
+                        break;
                     }
                 }
-                if stopped {
-                    break;
-                }
-            }
-            anyhow::Ok((bytes, first, last))
-        })
+                Ok(Received { bytes, first, last, cpu: thread_cpu_time() - cpu0 })
+            })
+        })?
     };
+    let rx_addr: SocketAddr =
+        addr_rx.recv_timeout(Duration::from_secs(10)).context("the receiver did not start")?;
 
     let cpu0 = process_cpu();
+    let sender_cpu0 = thread_cpu_time();
     let mut tx = Endpoint::new(EndpointConfig::default(), Instant::now(), 1);
     let session = tx.connect(Instant::now(), rx_addr)?;
     let message = Bytes::from(vec![0x5a; MESSAGE_SIZE]);
@@ -195,18 +228,28 @@ async fn measure(duration: Duration, io: &str, opts: &SocketOptions) -> Result<s
             }
         }
     }
+    let sender_cpu = thread_cpu_time() - sender_cpu0;
     let stats = tx.session_stats(session).context("session vanished")?;
     let packets = tx_driver.stats().datagrams_sent;
     stop.notify_one();
-    let (bytes, first, last) = receiver.await??;
+    let Received { bytes, first, last, cpu: receiver_cpu } =
+        receiver.join().map_err(|_| anyhow::anyhow!("the receiver thread panicked"))??;
     let cpu = process_cpu() - cpu0;
     let elapsed = first.map_or(duration, |f| last.saturating_duration_since(f)).max(Duration::from_millis(1));
+    // Goodput each side could carry with a core to itself: the bytes delivered over that
+    // side's thread CPU time (sender: up to the end of sending; it sends a little more
+    // than was delivered, so this slightly understates it).
+    let bound = |cpu: Duration| bytes as f64 * 8.0 / cpu.as_secs_f64().max(1e-6) / 1e6;
     Ok(json!({
         "scenario": "loopback",
         "controller": stats.controller,
         "io": io,
         "goodput_mbps": round(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e6, 1),
         "cpu_s": round(cpu.as_secs_f64(), 2),
+        "sender_cpu_s": round(sender_cpu.as_secs_f64(), 2),
+        "receiver_cpu_s": round(receiver_cpu.as_secs_f64(), 2),
+        "sender_bound_mbps": round(bound(sender_cpu), 0),
+        "receiver_bound_mbps": round(bound(receiver_cpu), 0),
         "packets": packets,
         "packets_lost": stats.packets_lost,
         "duration_s": round(elapsed.as_secs_f64(), 2),
@@ -216,4 +259,13 @@ async fn measure(duration: Duration, io: &str, opts: &SocketOptions) -> Result<s
         "socket_send_buffer_bytes": socket.send_buffer_bytes,
         "socket_recv_buffer_bytes": socket.recv_buffer_bytes,
     }))
+}
+
+/// What the receiver thread reports: payload bytes delivered, when the first and last
+/// message arrived, and the thread's CPU time.
+struct Received {
+    bytes: u64,
+    first: Option<Instant>,
+    last: Instant,
+    cpu: Duration,
 }
