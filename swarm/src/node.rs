@@ -9,10 +9,10 @@
 //!   carries at [`TREE_UPLOAD_SHARE`] of capacity ([`ROOT_TREE_UPLOAD_SHARE`] for roots);
 //!   slots it lends to other stripes come out of the same count.
 //! - **Joining a tree**: `Subscribe` to a candidate; a parent with room answers `Accept`,
-//!   one without answers `Redirect` to a few of its interior children, so a newcomer walks
-//!   down from the root and trees fill from the top. A mesh neighbour that advertises free
-//!   slots in its `Have` is asked first, without a walk. A viewer lends slots its home
-//!   stripe does not use to leaves of other stripes. A full parent takes a newcomer
+//!   one without answers `Redirect` to a few of its interior children, so a walk goes down
+//!   level by level. Nodes with children walk from the roots, so trees fill from the top.
+//!   A mesh neighbour that advertises free slots in its `Have` is asked first, without a
+//!   walk. A viewer lends slots its home stripe does not use to leaves of other stripes. A full parent takes a newcomer
 //!   with much more upload than its weakest child and redirects that child below the
 //!   newcomer (mTreebone's capacity-ordered core, Wang et al., INFOCOM 2007): strong nodes
 //!   end up near the root, and trees stay shallow.
@@ -26,10 +26,11 @@
 //!   rest are pulled meanwhile, from the publisher or a relay when a newcomer's mesh is too
 //!   small to have them.
 //! - **Fast join**: a parent sends a new child the latest keyframe chunk at once, so a
-//!   newcomer can start decoding after one round trip; it pulls the rest of the keyframe
-//!   group from its mesh. A newcomer given mesh contacts waits a moment for their summaries
-//!   and takes a free slot they advertise before it walks down from the roots, which keeps
-//!   a crowd of newcomers off the roots' uplinks.
+//!   newcomer can start decoding after one round trip, and then its stripe's chunks of that
+//!   keyframe group behind the live ones. A newcomer given mesh contacts waits a moment for their summaries
+//!   and takes a free slot they advertise; failing that, a node without children in a
+//!   stripe starts its walk at the interior peers it knows, and only then at the roots,
+//!   which keeps a crowd of newcomers off the roots' uplinks.
 //! - **Roots** are the publisher and relays; other bootstrap peers are mesh contacts.
 //! - **Trust**: every chunk is verified before it is kept, forwarded or played; a peer that
 //!   sends a forged chunk is banned for good.
@@ -195,11 +196,10 @@ pub const MAX_TRANSMITS: usize = 4096;
 /// most this many, which bounds state and per-chunk work).
 pub const MAX_CHILDREN_PER_STRIPE: usize = 64;
 /// How long a newcomer given mesh contacts waits for their first `Have` (sent as soon as
-/// they take it into their view, one round trip) before it walks down from the roots
-/// instead: at 5,000 viewers joining over 5 s, every newcomer walking from the publisher
-/// sent it ~4,000 subscribes a second, and the redirects it answered with (Control, ahead
-/// of the stream) made every chunk late for the whole join (`rill sim`, continuity
-/// under 0.01 for seconds 2–6).
+/// they take it into their view, one round trip) before it starts a walk: a free slot a
+/// neighbour advertises costs one subscribe, a walk one per level. (What kept a crowd of
+/// newcomers off the publisher's uplink was starting walks at known peers, see
+/// `find_parent`; this wait alone moved `rill sim`'s 5,000-viewer join little.)
 const FIRST_SUMMARY_WAIT: Duration = Duration::from_millis(300);
 /// A full parent takes a newcomer over its weakest child when the newcomer's upload is
 /// at least this many times larger (hysteresis against churning the tree).
@@ -719,15 +719,31 @@ impl Node {
         if starting {
             // Fast join: the latest keyframe chunk itself (whatever its stripe: the
             // newcomer can start decoding as soon as any one parent accepts it), ahead of
-            // everything but the live chunks already queued. The rest of its group the
-            // newcomer pulls from its mesh, a few chunks from each neighbour. Sending the
-            // whole group from here (~1 s of the stripe per newcomer) queued seconds of
-            // it on parents that adopted several newcomers at once, behind which their
-            // repairs for everyone else waited (`rill sim`, 2,000 viewers joining over
-            // 5 s: continuity 0.991 with the group, 0.993 without; p99 939 → 852 ms).
-            if let Some(h) = self.latest_keyframe.and_then(|seq| self.buffer.get(&seq)) {
+            // everything but the live chunks already queued; then this stripe's chunks
+            // after it, which a player starting at that keyframe needs next, behind our
+            // live chunks (Background): a group is ~1 s of the stripe, and ahead of the
+            // live chunks it made every other child late. Without the rest of the group
+            // (the newcomer pulling it instead), `rill demo` viewers skipped chunks at
+            // their start (continuity 0.9992, 62 lost chunks, against 1.0 and 0).
+            let Some(key) = self.latest_keyframe else { return };
+            let group: Vec<Held> = self
+                .buffer
+                .range(key..)
+                .filter(|(&seq, h)| seq == key || h.chunk.stripe as usize == stripe)
+                .map(|(_, h)| h.clone())
+                .collect();
+            for h in group {
                 let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
-                self.send_chunk(now, child, message);
+                if h.chunk.seq == key {
+                    self.send_chunk(now, child, message);
+                } else {
+                    self.send_with_deadline(
+                        child,
+                        message,
+                        Class::Background,
+                        Some(now + CHUNK_SEND_DEADLINE),
+                    );
+                }
             }
             return;
         }
