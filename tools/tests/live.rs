@@ -1,7 +1,8 @@
 //! End to end over real UDP on loopback: the `rill` binary as users run it (publisher,
 //! relays, viewers as separate processes), checked on what users care about: the bytes
-//! out equal the bytes in, lag within bounds, no lost chunk when a relay dies, forged
-//! chunks rejected, a private channel closed to outsiders, and clear errors for bad input.
+//! out equal the bytes in, lag within bounds, a newcomer mid-stream starting at a keyframe
+//! with no lost chunk, no lost chunk when a relay dies, forged chunks rejected, a private
+//! channel closed to outsiders, and clear errors for bad input.
 //!
 //! The input is the first ~4 s of the built-in sample (an ffmpeg-made H.264 + AAC
 //! MPEG-TS), so these tests need no ffmpeg. The tests run one at a time (each starts a
@@ -168,6 +169,53 @@ fn a_publisher_and_ten_viewers_output_the_input_byte_for_byte() {
         assert_eq!(s["lost_chunks"], 0, "viewer {i}: {s}");
         let p99 = s["arrival_lag_ms"]["p99"].as_f64().unwrap();
         assert!(p99 <= ARRIVAL_LAG_P99_BOUND_MS, "viewer {i}: arrival lag p99 {p99} ms");
+    }
+}
+
+#[test]
+fn viewers_joining_mid_stream_start_at_a_keyframe_and_lose_no_chunk() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("late");
+    let (input, bytes) = input_file(&dir);
+    let mut procs = Procs(Vec::new());
+    let link = publish(&dir, &mut procs, &input, &["--start-delay", "1", "--linger", "4"]).to_string();
+    // Four viewers from the start build the trees the newcomers then join.
+    let early: Vec<_> =
+        (0..4).map(|i| watch(&dir, &mut procs, &link, &format!("early{i}"), 10.0, &[])).collect();
+    // 1 s start delay + about 1.5 s of the 4.6 s stream.
+    std::thread::sleep(Duration::from_millis(2500));
+    let late: Vec<_> =
+        (0..4).map(|i| watch(&dir, &mut procs, &link, &format!("late{i}"), 8.0, &[])).collect();
+    wait_all(&mut procs, Duration::from_secs(30));
+    for (i, (out, stats)) in early.iter().enumerate() {
+        let got = std::fs::read(out).unwrap_or_default();
+        assert!(got == bytes, "early viewer {i}: {} bytes out, {} in", got.len(), bytes.len());
+        assert_eq!(last_stats(stats)["lost_chunks"], 0, "early viewer {i}");
+    }
+    for (i, (out, stats)) in late.iter().enumerate() {
+        let got = std::fs::read(out).unwrap_or_default();
+        let s = last_stats(stats);
+        // Fast join: the newcomer starts at the latest keyframe chunk, whose first packet is
+        // the PAT ffmpeg writes before each keyframe, and from there every byte follows.
+        assert!(
+            !got.is_empty() && got.len() < bytes.len(),
+            "late viewer {i}: {} of {} bytes: it did not join mid-stream",
+            got.len(),
+            bytes.len()
+        );
+        assert!(bytes.ends_with(&got), "late viewer {i}: its {} bytes are not the input's tail", got.len());
+        // Sync byte, then payload_unit_start_indicator and PID 0 (ISO/IEC 13818-1 §2.4.3.2).
+        assert_eq!(got[..3], [0x47, 0x40, 0x00], "late viewer {i}: output does not start with a PAT packet");
+        // It joined about 1.5 s into the stream with 1 s keyframe intervals, so at least the
+        // last 2 s of the 4.6 s input are its.
+        assert!(
+            got.len() * 10 >= bytes.len() * 4,
+            "late viewer {i}: only {} of {} bytes",
+            got.len(),
+            bytes.len()
+        );
+        assert_eq!(s["lost_chunks"], 0, "late viewer {i}: {s}");
+        assert_eq!(s["continuity_index"], 1.0, "late viewer {i}: {s}");
     }
 }
 
