@@ -25,7 +25,8 @@ pub struct ReportArgs {
     /// are not for quoting.
     #[arg(long)]
     pub quick: bool,
-    /// Only these benchmarks, comma-separated (transport, swarm, swarm-churn, swarm-nat).
+    /// Only these benchmarks, comma-separated (transport, transport-lossy, swarm, swarm-churn,
+    /// swarm-nat).
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -56,6 +57,17 @@ pub fn benches(quick: bool) -> Vec<Bench> {
             about: "One 20 Mbit/s bottleneck between two namespaces (tbf queue in the router, delay by the forwarder): \
                     rill's transport against TCP CUBIC and BBR (iperf3), alone and sharing.",
             args: args(if quick { "testbed transport --json --duration 3" } else { "testbed transport --json" }),
+        },
+        Bench {
+            name: "transport-lossy",
+            title: "Transport on a lossy path",
+            about: "The same path with 1 % random loss and ±2 ms of jitter toward the receiver (the forwarder's): \
+                    what loss that is not congestion costs each flow, and whether the stream stays on time.",
+            args: args(if quick {
+                "testbed transport --json --duration 3 --loss 0.01 --jitter-ms 2"
+            } else {
+                "testbed transport --json --duration 15 --loss 0.01 --jitter-ms 2"
+            }),
         },
         Bench {
             name: "swarm",
@@ -433,12 +445,10 @@ mod tests {
             "targets": {"continuity_index": {"value": 0.9995, "min": 0.999, "met": true},
                         "startup_first_byte_max_ms": {"value": 1200.0, "limit": 1000, "met": false}}});
         let Value::Object(row) = row else { unreachable!() };
+        let bench = |name: &str| benches(false).into_iter().find(|b| b.name == name).unwrap();
         let results = vec![
-            (
-                benches(false)[1].clone(),
-                Outcome { rows: vec![row], exit: Some(0), seconds: 70.0, error: None },
-            ),
-            (benches(false)[2].clone(), Outcome { rows: vec![], exit: Some(1), seconds: 3.0, error: None }),
+            (bench("swarm"), Outcome { rows: vec![row], exit: Some(0), seconds: 70.0, error: None }),
+            (bench("swarm-churn"), Outcome { rows: vec![], exit: Some(1), seconds: 3.0, error: None }),
         ];
         let md = render(&p, false, &results);
         assert!(md.contains("```\nrill testbed swarm --nodes 30 --json\n```"), "{md}");
@@ -456,7 +466,9 @@ mod tests {
         let q = benches(true);
         assert!(q.iter().all(|b| !b.args.contains(&"30".to_string())));
         let mut names: Vec<&str> = q.iter().map(|b| b.name).collect();
+        names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 4);
+        assert_eq!(names.len(), q.len());
+        assert_eq!(q.len(), benches(false).len());
     }
 }

@@ -3,7 +3,10 @@
 //! Two hosts, `snd` and `rcv`, hang off the router. The bottleneck is a `tbf` qdisc on the
 //! router's veth toward `rcv` (20 Mbit/s; `limit` = rate × buffer), so it is a kernel
 //! queue that neither sender's socket accounting can see. The impairment forwarder adds
-//! 10 ms each way on each host's link: 20 ms one way, 40 ms base RTT.
+//! 10 ms each way on each host's link: 20 ms one way, 40 ms base RTT. These are the
+//! issue's figures and the defaults; `--rate-kbps`, `--buffer-ms` and `--delay-ms` change
+//! them, and `--jitter-ms` and `--loss` impair the way toward `rcv` (data one way, acks
+//! and the probe's replies the other), so every flow of a run crosses the same path.
 //!
 //! - **bottleneck** (1 s of buffer): one flow at a time, each for `--duration`: rill bulk
 //!   (`rill bench transport --connect --class background`), then kernel TCP CUBIC and BBR
@@ -43,7 +46,8 @@ use super::tools;
 use crate::sim::metrics::percentile;
 use crate::table::{round, Report};
 
-/// The issue's bottleneck: 20 Mbit/s, 20 ms one way.
+/// The issue's bottleneck: 20 Mbit/s, 20 ms one way (the defaults of `--rate-kbps` and
+/// `--delay-ms`).
 const RATE_KBPS: u64 = 20_000;
 const ONE_WAY_MS: f64 = 20.0;
 /// Buffers of the two scenarios (the issue: 1 s; 250 ms for sharing).
@@ -102,6 +106,59 @@ pub struct TransportArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub path: PathArgs,
+}
+
+/// The path between the hosts; the defaults are the issue's.
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    /// Bottleneck rate, kbit/s.
+    #[arg(long, value_name = "KBPS", default_value_t = RATE_KBPS)]
+    pub rate_kbps: u64,
+    /// Bottleneck buffer, ms at the rate, for both scenarios [default: 1000 for
+    /// bottleneck, 250 for sharing].
+    #[arg(long, value_name = "MS")]
+    pub buffer_ms: Option<u64>,
+    /// One-way propagation delay, ms (half on each host's link).
+    #[arg(long, value_name = "MS", default_value_t = ONE_WAY_MS)]
+    pub delay_ms: f64,
+    /// Jitter on the way to the receiver: each packet's delay is uniform in delay ± this
+    /// (packets of one flow are not reordered).
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    pub jitter_ms: f64,
+    /// Random loss on the way to the receiver, a probability per packet (0.01 = 1 %).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub loss: f64,
+}
+
+impl PathArgs {
+    fn validate(&self) -> Result<()> {
+        if !(100..=10_000_000).contains(&self.rate_kbps) {
+            bail!("--rate-kbps must be within 100..=10000000, not {}", self.rate_kbps);
+        }
+        if self.buffer_ms.is_some_and(|b| !(1..=10_000).contains(&b)) {
+            bail!("--buffer-ms must be within 1..=10000");
+        }
+        if !(0.0..=1000.0).contains(&self.delay_ms) {
+            bail!("--delay-ms must be within 0..=1000, not {}", self.delay_ms);
+        }
+        if !(0.0..=1000.0).contains(&self.jitter_ms) {
+            bail!("--jitter-ms must be within 0..=1000, not {}", self.jitter_ms);
+        }
+        if !(0.0..=0.5).contains(&self.loss) {
+            bail!("--loss must be a probability within 0..=0.5, not {}", self.loss);
+        }
+        Ok(())
+    }
+
+    fn buffer_ms(&self, scenario_default: u64) -> u64 {
+        self.buffer_ms.unwrap_or(scenario_default)
+    }
+
+    fn rate_mbps(&self) -> f64 {
+        self.rate_kbps as f64 / 1000.0
+    }
 }
 
 pub fn run(args: &TransportArgs) -> Result<ExitCode> {
@@ -109,6 +166,7 @@ pub fn run(args: &TransportArgs) -> Result<ExitCode> {
     if !(2.0..=3600.0).contains(&args.duration) {
         bail!("--duration must be within 2..=3600 seconds");
     }
+    args.path.validate()?;
     tools::ensure(&[tools::IP, tools::TC, tools::ETHTOOL, tools::PING, tools::IPERF3])?;
     let mut report = Report::default();
     let duration = Duration::from_secs_f64(args.duration);
@@ -119,9 +177,19 @@ pub fn run(args: &TransportArgs) -> Result<ExitCode> {
         sharing(args, duration, &mut report)?;
     }
     if !args.json {
-        report.print_table(
-            "rill testbed transport (20 Mbit/s bottleneck in a router namespace, 20 ms one way)",
+        let p = &args.path;
+        let mut title = format!(
+            "rill testbed transport ({} Mbit/s bottleneck in a router namespace, {} ms one way",
+            p.rate_mbps(),
+            p.delay_ms
         );
+        if p.jitter_ms > 0.0 {
+            title += &format!(", ±{} ms jitter", p.jitter_ms);
+        }
+        if p.loss > 0.0 {
+            title += &format!(", {} % loss", p.loss * 100.0);
+        }
+        report.print_table(&(title + ")"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -138,13 +206,19 @@ struct Path {
     min_rtt_ms: f64,
 }
 
-/// The two hosts and the bottleneck toward `rcv`; measures the idle path's minimum RTT.
-fn path(buffer_ms: u64) -> Result<Path> {
+/// The two hosts and the bottleneck toward `rcv` (with the jitter and loss of `spec`);
+/// measures the idle path's minimum RTT.
+fn path(spec: &PathArgs, buffer_ms: u64) -> Result<Path> {
     let mut tb = Testbed::new("transport")?;
-    let half = ONE_WAY_MS / 2.0;
+    let half = spec.delay_ms / 2.0;
     let plain = LinkSpec { delay_ms: half, ..LinkSpec::default() };
     let snd = tb.add_host("snd", &plain, &plain)?;
-    let rcv = tb.add_host("rcv", &plain, &LinkSpec::shaped(RATE_KBPS, buffer_ms, half))?;
+    let toward_rcv = LinkSpec {
+        jitter_ms: spec.jitter_ms,
+        loss: spec.loss,
+        ..LinkSpec::shaped(spec.rate_kbps, buffer_ms, half)
+    };
+    let rcv = tb.add_host("rcv", &plain, &toward_rcv)?;
     let to = tb.public_addr(rcv).to_string();
     let interval = format!("{:.3}", PROBE_INTERVAL.as_secs_f64());
     let out =
@@ -162,10 +236,17 @@ fn unix_now() -> f64 {
 }
 
 /// The common fields of a scenario's rows.
-fn meta(scenario: &str, flow: &str, buffer_ms: u64, duration: Duration) -> serde_json::Map<String, Value> {
+fn meta(
+    scenario: &str,
+    flow: &str,
+    spec: &PathArgs,
+    buffer_ms: u64,
+    duration: Duration,
+) -> serde_json::Map<String, Value> {
     let v = json!({
-        "scenario": scenario, "flow": flow, "rate_mbps": RATE_KBPS as f64 / 1000.0, "buffer_ms": buffer_ms,
-        "one_way_delay_ms": ONE_WAY_MS, "duration_s": round(duration.as_secs_f64(), 1),
+        "scenario": scenario, "flow": flow, "rate_mbps": spec.rate_mbps(), "buffer_ms": buffer_ms,
+        "one_way_delay_ms": spec.delay_ms, "jitter_ms": spec.jitter_ms, "loss": spec.loss,
+        "duration_s": round(duration.as_secs_f64(), 1),
         "warmup_s": round(warmup(duration).as_secs_f64(), 1),
     });
     match v {
@@ -209,21 +290,29 @@ fn bottleneck_drops(p: &Path) -> Option<u64> {
 /// Utilisation: bytes the bottleneck sent (Ethernet frames, what tbf's rate counts) from
 /// `start + warmup` to `start + duration`, over the rate. Sleeps until then; unlike
 /// `goodput_utilisation` it counts headers, acks and retransmissions.
-fn wire_utilisation(p: &Path, start: Instant, warmup: Duration, duration: Duration) -> Result<Option<f64>> {
+fn wire_utilisation(
+    p: &Path,
+    rate_kbps: u64,
+    start: Instant,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Option<f64>> {
     netns::sleep((start + warmup).saturating_duration_since(Instant::now()))?;
     let (t0, b0) = (Instant::now(), bottleneck_counter(p, "Sent "));
     netns::sleep((start + duration).saturating_duration_since(Instant::now()))?;
     let (t1, b1) = (Instant::now(), bottleneck_counter(p, "Sent "));
     Ok(match (b0, b1) {
         (Some(b0), Some(b1)) if t1 > t0 => {
-            Some(b1.saturating_sub(b0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / (RATE_KBPS as f64 * 1000.0))
+            Some(b1.saturating_sub(b0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / (rate_kbps as f64 * 1000.0))
         }
         _ => None,
     })
 }
 
 fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> Result<()> {
-    let mut p = path(BOTTLENECK_BUFFER_MS)?;
+    let spec = &args.path;
+    let buffer_ms = spec.buffer_ms(BOTTLENECK_BUFFER_MS);
+    let mut p = path(spec, buffer_ms)?;
     let w = warmup(duration);
     for (i, &flow) in args.flows.iter().enumerate() {
         netns::sleep(DRAIN)?;
@@ -231,7 +320,7 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
         let drops_before = bottleneck_drops(&p);
         let to = p.tb.public_addr(p.rcv);
         let probe = flows::ping(&mut p.tb, p.snd, to, PROBE_INTERVAL, duration + SLACK)?;
-        let mut row = meta("bottleneck", flow.name(), BOTTLENECK_BUFFER_MS, duration);
+        let mut row = meta("bottleneck", flow.name(), spec, buffer_ms, duration);
         let (start_unix, start, end, goodput, wire) = match flow {
             Flow::Rill => {
                 let listener = flows::rill_listener(&mut p.tb, p.rcv, port, duration + SLACK * 2)?;
@@ -245,7 +334,7 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
                     None,
                     duration,
                 )?;
-                let wire = wire_utilisation(&p, start, w, duration)?;
+                let wire = wire_utilisation(&p, spec.rate_kbps, start, w, duration)?;
                 let sent = probe::json_lines(&flows::wait(&mut p.tb, &sender, duration + SLACK)?);
                 let end = Instant::now();
                 let received = probe::json_lines(&flows::stop(&mut p.tb, &listener)?);
@@ -261,7 +350,7 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
                 netns::sleep(SETTLE)?;
                 let (start_unix, start) = (unix_now(), Instant::now());
                 let client = flows::iperf3_client(&mut p.tb, p.snd, to, port, flow.name(), duration)?;
-                let wire = wire_utilisation(&p, start, w, duration)?;
+                let wire = wire_utilisation(&p, spec.rate_kbps, start, w, duration)?;
                 let sent = flows::wait(&mut p.tb, &client, duration + SLACK)?;
                 let end = Instant::now();
                 let received = flows::wait(&mut p.tb, &server, SLACK)?;
@@ -280,7 +369,7 @@ fn bottleneck(args: &TransportArgs, duration: Duration, report: &mut Report) -> 
         row.insert("standing_queue_ms".into(), queue);
         row.insert("utilisation".into(), json!(wire.map(|u| round(u, 3))));
         row.insert("goodput_mbps".into(), json!(round(goodput, 2)));
-        row.insert("goodput_utilisation".into(), json!(round(goodput * 1000.0 / RATE_KBPS as f64, 3)));
+        row.insert("goodput_utilisation".into(), json!(round(goodput / spec.rate_mbps(), 3)));
         row.insert("min_rtt_ms".into(), json!(round(p.min_rtt_ms, 2)));
         row.insert("probe_samples".into(), json!(samples));
         if let (Some(a), Some(b)) = (drops_before, bottleneck_drops(&p)) {
@@ -306,7 +395,9 @@ fn summary_u64(lines: &[(Instant, Value)], key: &str) -> Option<u64> {
 }
 
 fn sharing(args: &TransportArgs, duration: Duration, report: &mut Report) -> Result<()> {
-    let mut p = path(SHARING_BUFFER_MS)?;
+    let spec = &args.path;
+    let buffer_ms = spec.buffer_ms(SHARING_BUFFER_MS);
+    let mut p = path(spec, buffer_ms)?;
     let w = warmup(duration);
     let to = p.tb.public_addr(p.rcv);
     let (stream_port, background_port, tcp_port) = (4600, 4601, 5202);
@@ -350,8 +441,7 @@ fn sharing(args: &TransportArgs, duration: Duration, report: &mut Report) -> Res
         start_unix + duration.as_secs_f64(),
     );
     let window_from = start + w + Duration::from_secs(1);
-    let rate_mbps = RATE_KBPS as f64 / 1000.0;
-    let share = |g: Option<f64>| g.map(|g| round(g / rate_mbps, 3));
+    let share = |g: Option<f64>| g.map(|g| round(g / spec.rate_mbps(), 3));
 
     let offered = summary_u64(&stream_sent, "messages_offered");
     let on_time = summary_u64(&stream_rcvd, "on_time");
@@ -360,7 +450,7 @@ fn sharing(args: &TransportArgs, duration: Duration, report: &mut Report) -> Res
         _ => None,
     };
     let stream_goodput = probe::rill_goodput_mbps(&stream_rcvd, window_from, end);
-    let mut row = meta("sharing", "rill-stream", SHARING_BUFFER_MS, duration);
+    let mut row = meta("sharing", "rill-stream", spec, buffer_ms, duration);
     row.insert("stream_on_time".into(), json!(stream_on_time));
     row.insert("messages_offered".into(), json!(offered));
     row.insert("messages_on_time".into(), json!(on_time));
@@ -372,14 +462,14 @@ fn sharing(args: &TransportArgs, duration: Duration, report: &mut Report) -> Res
     report.emit(Value::Object(row), args.json);
 
     let background = probe::rill_goodput_mbps(&background_rcvd, window_from, end);
-    let mut row = meta("sharing", "rill-background", SHARING_BUFFER_MS, duration);
+    let mut row = meta("sharing", "rill-background", spec, buffer_ms, duration);
     row.insert("background_share".into(), json!(share(background)));
     row.insert("goodput_mbps".into(), json!(background.map(|g| round(g, 2))));
     row.insert("packets_lost".into(), json!(summary_u64(&background_sent, "packets_lost")));
     report.emit(Value::Object(row), args.json);
 
     let tcp = iperf3_goodput(&tcp_rcvd, w)?;
-    let mut row = meta("sharing", "cubic", SHARING_BUFFER_MS, duration);
+    let mut row = meta("sharing", "cubic", spec, buffer_ms, duration);
     row.insert("competitor_share".into(), json!(share(tcp)));
     row.insert("goodput_mbps".into(), json!(tcp.map(|g| round(g, 2))));
     report.emit(Value::Object(row), args.json);
@@ -392,6 +482,28 @@ fn sharing(args: &TransportArgs, duration: Duration, report: &mut Report) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_flags_out_of_range_are_refused_with_the_flag_named() {
+        let ok =
+            PathArgs { rate_kbps: RATE_KBPS, buffer_ms: None, delay_ms: 20.0, jitter_ms: 0.0, loss: 0.0 };
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.buffer_ms(SHARING_BUFFER_MS), 250);
+        assert_eq!(PathArgs { buffer_ms: Some(40), ..ok.clone() }.buffer_ms(SHARING_BUFFER_MS), 40);
+        let bad = [
+            (PathArgs { rate_kbps: 0, ..ok.clone() }, "--rate-kbps"),
+            (PathArgs { buffer_ms: Some(0), ..ok.clone() }, "--buffer-ms"),
+            (PathArgs { delay_ms: -1.0, ..ok.clone() }, "--delay-ms"),
+            (PathArgs { delay_ms: f64::NAN, ..ok.clone() }, "--delay-ms"),
+            (PathArgs { jitter_ms: 5000.0, ..ok.clone() }, "--jitter-ms"),
+            (PathArgs { loss: 0.9, ..ok.clone() }, "--loss"),
+            (PathArgs { loss: f64::NAN, ..ok.clone() }, "--loss"),
+        ];
+        for (args, flag) in bad {
+            let e = args.validate().expect_err(flag).to_string();
+            assert!(e.starts_with(flag), "{e}");
+        }
+    }
 
     #[test]
     fn standing_queue_uses_the_window_and_the_idle_minimum() {
