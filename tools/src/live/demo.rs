@@ -117,7 +117,8 @@ async fn demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         stop_rx.clone(),
         Duration::ZERO,
     )));
-    let ingest_task = tokio::spawn(ingest(input, key.clone(), stripes, chunk_tx, ingest_figures.clone()));
+    let ingest_task =
+        tokio::spawn(ingest(input, key.clone(), stripes, SAMPLE_KBPS, chunk_tx, ingest_figures.clone()));
 
     // Relays: one per ten nodes; they join through the publisher and are named in the link.
     let relays = args.nodes / 10;

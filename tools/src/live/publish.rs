@@ -95,16 +95,36 @@ impl IngestSnapshot {
     }
 }
 
+/// Largest chunk, in chunks of average size at the nominal bitrate: a keyframe several
+/// times the average is cut into pieces on consecutive stripes, so that each hop forwards
+/// them through different parents at once, and a hop's store-and-forward wait (chunk size
+/// × children ÷ upload) stays near that of an ordinary chunk instead of growing with the
+/// keyframe. Measured with `rill testbed swarm --nodes 30 --duration 30` on the built-in
+/// sample (12.7 kB keyframes, 2 kB average chunks), same machine, back to back:
+/// unsplit, arrival lag p99 852 ms, continuity 0.9913, duplicate ratio 0.164; ×3, 438 ms,
+/// 0.9978, 0.040 (a second run: 487 ms, 0.9954, 0.043); ×2, 426 ms, 0.9977, 0.020.
+pub const MAX_CHUNK_AVERAGES: u64 = 2;
+
+/// The chunker's settings for a stream of `kbps`: 25 ms chunks, at most
+/// [`MAX_CHUNK_AVERAGES`] average chunks long (clamped by the chunker to 16 TS packets at least).
+pub fn chunker_config(kbps: u32) -> ChunkerConfig {
+    let defaults = ChunkerConfig::default();
+    let average = u64::from(kbps) * 1000 / 8 * defaults.target_duration.as_millis() as u64 / 1000;
+    let max_chunk_bytes = (average * MAX_CHUNK_AVERAGES).min(defaults.max_chunk_bytes as u64) as usize;
+    ChunkerConfig { max_chunk_bytes, ..defaults }
+}
+
 /// Read `input`, chunk and sign it, and send the chunks to the node. Returns at the end
 /// of a finite input.
 pub async fn ingest(
     mut input: Input,
     key: ChannelKey,
     stripes: u8,
+    kbps: u32,
     chunks: mpsc::Sender<Chunk>,
     figures: Arc<Mutex<IngestSnapshot>>,
 ) -> Result<()> {
-    let mut chunker = Chunker::new(ChunkerConfig::default());
+    let mut chunker = Chunker::new(chunker_config(kbps));
     // Instants map to UNIX time through one reading of both clocks: ingest timestamps then
     // advance with the monotonic clock, immune to wall-clock steps during the broadcast.
     let (epoch, epoch_us) = (Instant::now(), unix_now_us());
@@ -221,7 +241,7 @@ pub fn run(args: &PublishArgs) -> Result<std::process::ExitCode> {
                 let options = InputOptions { loop_forever: loop_input, ..InputOptions::default() };
                 let input =
                     rill_publisher::open(&spec, &options).await.with_context(|| format!("cannot open input {spec}"))?;
-                ingest(input, key, stripes, chunk_tx, figures).await
+                ingest(input, key, stripes, kbps, chunk_tx, figures).await
             }
         });
         let reporter = common::report_loop(
@@ -271,4 +291,53 @@ pub fn run(args: &PublishArgs) -> Result<std::process::ExitCode> {
         );
         Ok(std::process::ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_publisher::chunker::DEFAULT_MAX_CHUNK_BYTES;
+
+    #[test]
+    fn chunks_are_capped_at_twice_the_average_and_never_above_the_chunker_default() {
+        // 4 Mbit/s: 12.5 kB per 25 ms on average.
+        assert_eq!(chunker_config(4000).max_chunk_bytes, 25_000);
+        assert_eq!(chunker_config(1_000_000).max_chunk_bytes, DEFAULT_MAX_CHUNK_BYTES);
+        assert_eq!(chunker_config(4000).target_duration, ChunkerConfig::default().target_duration);
+    }
+
+    #[test]
+    fn the_samples_keyframes_are_split_and_the_bytes_are_unchanged() {
+        let sample = include_bytes!("../../assets/sample.ts");
+        // The sample's rate (tools/assets/make-sample.sh), as `rill testbed swarm` announces it.
+        let config = chunker_config(645);
+        let max = config.max_chunk_bytes;
+        let mut chunker = Chunker::new(config);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let mut chunks = Vec::new();
+        // 40 packets every 10 ms: faster than real time, so chunks are cut by size.
+        for (i, piece) in sample.chunks(188 * 40).enumerate() {
+            chunker.push(t0 + Duration::from_millis(10 * i as u64), piece).unwrap();
+            while let Some(c) = chunker.poll_chunk() {
+                chunks.push(c);
+            }
+        }
+        chunker.finish(t0 + Duration::from_secs(60));
+        while let Some(c) = chunker.poll_chunk() {
+            chunks.push(c);
+        }
+        for c in &chunks {
+            assert!(c.payload.len() <= max, "a {} B chunk above the {max} B cap", c.payload.len());
+            out.extend_from_slice(&c.payload);
+        }
+        assert!(out == sample[..], "chunking changed the bytes");
+        // Every keyframe (12.7 kB, three times the cap) starts a chunk that is cut at the
+        // cap, the rest of the keyframe following in the next chunks.
+        let keyframes = chunks.iter().filter(|c| c.keyframe).count();
+        assert!(keyframes >= 9, "{keyframes} keyframe chunks in the 10 s sample");
+        let full_after_keyframe =
+            chunks.windows(2).filter(|w| w[0].keyframe && w[0].payload.len() + 188 > max).count();
+        assert_eq!(full_after_keyframe, keyframes, "every keyframe chunk was cut at the cap");
+    }
 }
