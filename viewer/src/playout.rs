@@ -19,6 +19,15 @@
 //! - **Deadline.** A chunk is due at `ingest_us + latency` (less the clock skew, below).
 //!   Waiting for the deadline rather than sending chunks as they come absorbs the jitter and
 //!   reordering of the swarm, so the output leaves at the pace it was ingested.
+//! - **Start margin.** A newcomer mid-stream starts at the latest keyframe, which may be
+//!   nearly a keyframe interval old and due at once, while the rest of its group is still
+//!   on the way (fast join sends it behind the live chunks): output at the plain deadlines
+//!   would give those chunks up. So the first output waits, as a player's initial
+//!   buffering does, until the chunks held from the keyframe on, without a gap, last
+//!   until `start_margin` from now, for at most `start_margin`; every deadline then moves
+//!   later by the wait, for the rest of the session. A newcomer whose group came in time (or a viewer present
+//!   from the start) is not shifted; one whose group came late plays up to `start_margin`
+//!   behind its target lag instead of losing its first chunks.
 //! - **Order, exactly once.** Output is in strictly increasing seq order. A missing seq (a
 //!   hole) is waited for until the next chunk held after it is due; then the hole is given
 //!   up, counted in `lost_chunks` and skipped. Chunks hold whole MPEG-TS packets, so
@@ -52,6 +61,10 @@ use crate::histogram::LagHistogram;
 /// own input buffer hides far more than this.
 pub const ON_TIME_SLACK_US: u64 = 20_000;
 
+/// While the first output waits for its keyframe group (start margin), it looks again
+/// this often if nothing arrives: 10 ms, under half a chunk.
+const START_WAIT_STEP_US: u64 = 10_000;
+
 /// Chunks kept below the first keyframe in case they are the channel's beginning: the
 /// few chunks an encoder writes before its first keyframe (64 is 1.6 s of 25 ms chunks).
 const MAX_STREAM_HEAD_CHUNKS: u64 = 64;
@@ -69,7 +82,18 @@ pub struct PlayoutConfig {
     /// How far past its deadline output may run before the buffer skips to a newer
     /// keyframe. Default 2 s.
     pub max_behind: Duration,
+    /// How long the first output may wait for missing chunks of its keyframe group, and
+    /// so the most the schedule is shifted (see "Start margin" in the module docs).
+    /// Default [`DEFAULT_START_MARGIN`].
+    pub start_margin: Duration,
 }
+
+/// Default start margin: 400 ms. In `rill testbed swarm --nodes 30` (10–50 ms paths,
+/// uploads 1.5–5× the stream) the viewers that lost chunks at their start were the ones
+/// whose start keyframe was due less than about 250 ms after it arrived; those with 300 ms
+/// or more lost none there (a newcomer's first parents send the rest of the keyframe group
+/// behind the live chunks, and it pulls what they do not).
+pub const DEFAULT_START_MARGIN: Duration = Duration::from_millis(400);
 
 impl Default for PlayoutConfig {
     fn default() -> Self {
@@ -77,6 +101,7 @@ impl Default for PlayoutConfig {
             latency: Duration::from_secs(1),
             max_buffered_chunks: 4096,
             max_behind: Duration::from_secs(2),
+            start_margin: DEFAULT_START_MARGIN,
         }
     }
 }
@@ -144,6 +169,8 @@ pub struct PlayoutStats {
     pub stalled_us: u64,
     /// How far our clock is known to be behind the publisher's, µs (see `PlayoutBuffer`).
     pub skew_us: u64,
+    /// How much later than `ingest + latency` chunks are due, µs: the start margin's shift.
+    pub start_shift_us: u64,
     /// Chunks output after startup (deadline after the first output), and of those, the
     /// ones output by their deadline plus [`ON_TIME_SLACK_US`].
     pub chunks_due_after_startup: u64,
@@ -194,6 +221,10 @@ pub struct PlayoutBuffer {
     /// The seq output started at (meaningful once `next_seq` is set).
     start_seq: u64,
     skew_us: u64,
+    start_margin_us: u64,
+    /// How much later than `ingest + latency` every deadline is: the start margin's wait,
+    /// fixed at the first output.
+    start_shift_us: u64,
     /// For seqs in `[next_seq - OUTCOME_WINDOW, next_seq)`: bit `seq % OUTCOME_WINDOW` is set
     /// if the seq was output, clear if it was given up.
     output_bits: [u64; (OUTCOME_WINDOW / 64) as usize],
@@ -230,6 +261,8 @@ impl PlayoutBuffer {
             next_seq: None,
             start_seq: 0,
             skew_us: 0,
+            start_margin_us: duration_us(config.start_margin),
+            start_shift_us: 0,
             output_bits: [0; (OUTCOME_WINDOW / 64) as usize],
             awaiting_keyframe_until_us: None,
             in_order_until_insert: false,
@@ -331,9 +364,15 @@ impl PlayoutBuffer {
             if first_deadline_us > now_us {
                 return None;
             }
-            if self.stats.chunks_out == 0 && self.start_from_stream_head() {
-                next_seq = 0;
-                continue;
+            if self.stats.chunks_out == 0 {
+                if self.start_from_stream_head() {
+                    next_seq = 0;
+                    continue;
+                }
+                if self.wait_for_start_group(now_us, next_seq, first_deadline_us) {
+                    // Due later now (unless the margin ran out: then output goes ahead).
+                    continue;
+                }
             }
             // A hole before the first held chunk is given up now that the chunk is due.
             self.give_up(now_us, next_seq, first_seq, first_deadline_us, false);
@@ -341,6 +380,38 @@ impl PlayoutBuffer {
             self.emit(now_us, &chunk);
             return Some(chunk);
         }
+    }
+
+    /// Before the first output, with the start keyframe due at `due_us` ≤ `now_us`: unless
+    /// the chunks held from it on, without a gap, are due until `start_margin` from now,
+    /// moves every deadline later (at most `start_margin` in all) and returns true: output
+    /// waits for the rest of the group.
+    fn wait_for_start_group(&mut self, now_us: u64, next_seq: u64, due_us: u64) -> bool {
+        let left_us = self.start_margin_us.saturating_sub(self.start_shift_us);
+        // Only at a start keyframe a newcomer was handed (held, first in line): a viewer
+        // that starts from the channel's first chunk has no group on the way.
+        let at_start_keyframe =
+            self.held.first_key_value().is_some_and(|(&seq, c)| seq == next_seq && c.keyframe);
+        if left_us == 0 || self.start_seq == 0 || !at_start_keyframe {
+            return false;
+        }
+        // The chunks from the keyframe on, without a gap, must reach `start_margin` past
+        // now: as a player's initial buffer, they carry output while the rest comes in.
+        let horizon_us = now_us.saturating_add(self.start_margin_us);
+        let mut covered_until_us = due_us;
+        for (expected, (&seq, c)) in (next_seq..).zip(self.held.range(next_seq..)) {
+            if seq != expected || covered_until_us >= horizon_us {
+                break;
+            }
+            covered_until_us = self.deadline_us(c.ingest_us);
+        }
+        if covered_until_us >= horizon_us {
+            return false;
+        }
+        // Due again a step from now (any arrival polls sooner).
+        let wait_us = now_us.saturating_sub(due_us).saturating_add(START_WAIT_STEP_US).min(left_us);
+        self.start_shift_us += wait_us;
+        true
     }
 
     /// Before the first output: keep a chunk below the start keyframe if it may belong to
@@ -387,12 +458,16 @@ impl PlayoutBuffer {
             _ => 0,
         };
         stats.skew_us = self.skew_us;
+        stats.start_shift_us = self.start_shift_us;
         stats
     }
 
     /// Deadline in our clock of a chunk ingested at `ingest_us` (see Clock skew).
     fn deadline_us(&self, ingest_us: u64) -> u64 {
-        ingest_us.saturating_add(self.latency_us).saturating_sub(self.skew_us)
+        ingest_us
+            .saturating_add(self.latency_us)
+            .saturating_add(self.start_shift_us)
+            .saturating_sub(self.skew_us)
     }
 
     /// Whether a chunk with this deadline is still within `max_behind` of it at `now_us`.

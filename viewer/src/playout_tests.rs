@@ -25,7 +25,14 @@ fn config(latency_ms: u64, max_behind_ms: u64) -> PlayoutConfig {
         latency: Duration::from_millis(latency_ms),
         max_buffered_chunks: 4096,
         max_behind: Duration::from_millis(max_behind_ms),
+        // Most tests are about other rules; the start margin's own tests set it.
+        start_margin: Duration::ZERO,
     }
+}
+
+/// The defaults' start margin (400 ms) on top of `config`.
+fn with_margin(latency_ms: u64, max_behind_ms: u64) -> PlayoutConfig {
+    PlayoutConfig { start_margin: DEFAULT_START_MARGIN, ..config(latency_ms, max_behind_ms) }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +180,7 @@ fn in_order_output_at_deadlines() {
     assert_eq!(s.last_playout_lag_us, Some(SEC));
     assert_eq!(s.playout_lag.count(), 50);
     assert_eq!(s.playout_lag.percentile_us(0.99), Some(SEC));
-    assert_eq!(s.continuity_index(), Some(1.0));
+    assert_eq!((s.continuity_index(), s.stalled_us), (Some(1.0), 0));
     assert_eq!(s.stalled_us, 0);
     assert_eq!(s.buffered_chunks, 0);
 }
@@ -207,7 +214,7 @@ fn reordering_inside_the_latency_is_fixed() {
     assert!(d.out.iter().zip(&chunks).all(|(o, c)| o.at_us == c.ingest_us + 500 * MS));
     let s = d.buf.stats();
     assert_eq!((s.lost_chunks, s.late_chunks, s.duplicate_chunks), (0, 0, 0));
-    assert_eq!(s.continuity_index(), Some(1.0));
+    assert_eq!((s.continuity_index(), s.stalled_us), (Some(1.0), 0));
 }
 
 #[test]
@@ -361,6 +368,61 @@ fn start_far_behind_skips_to_a_fresh_keyframe() {
     assert_eq!((s.lost_chunks, s.skipped_for_catch_up, s.lost_after_startup), (25, 25, 0));
 }
 
+/// A newcomer: keyframe 100 was ingested 950 ms ago (due in 50 ms at a 1 s latency) and
+/// arrives at `now`, the live chunks 111..=120 (25 ms apart, due from 325 ms) just after
+/// it, and the rest of its group, 101..=110, at `group_at`, behind the live chunks.
+fn newcomer(now: u64, group_at: u64) -> Vec<(u64, PlayoutChunk)> {
+    let at = |i: u64| chunk(100 + i, now - 950 * MS + i * 25 * MS, i == 0);
+    let mut arrivals = vec![(now, at(0))];
+    arrivals.extend((11..=20).map(|i| (now + 10 * MS, at(i))));
+    arrivals.extend((1..=10).map(|i| (group_at, at(i))));
+    arrivals
+}
+
+#[test]
+fn the_first_output_waits_up_to_the_start_margin_for_its_keyframe_group() {
+    let now = 100 * SEC;
+    let mut d = Driver::new(PlayoutBuffer::new(with_margin(1000, 2000)), newcomer(now, now + 350 * MS));
+    d.run_until(now + 3 * SEC);
+    assert_eq!(d.seqs(), (100..=120).collect::<Vec<_>>());
+    let s = d.buf.stats();
+    assert_eq!((s.lost_chunks, s.stalled_us, s.continuity_index()), (0, 0, Some(1.0)), "{s:?}");
+    // Output began once the group was in, and the schedule keeps that offset.
+    let first_out = d.out[0].at_us;
+    assert!((now + 350 * MS..=now + 360 * MS).contains(&first_out), "{}", first_out - now);
+    assert_eq!(s.start_shift_us, first_out - (now + 50 * MS));
+
+    // Without the margin the group's chunks are given up once the live ones are due.
+    let no_margin = config(1000, 2000);
+    let mut d = Driver::new(PlayoutBuffer::new(no_margin), newcomer(now, now + 350 * MS));
+    d.run_until(now + 3 * SEC);
+    assert_eq!(d.buf.stats().lost_chunks, 10);
+}
+
+#[test]
+fn the_start_waits_no_longer_than_the_margin() {
+    // The group comes 1 s late: output starts after the 400 ms margin and the chunks still
+    // missing by then are given up.
+    let now = 100 * SEC;
+    let mut d = Driver::new(PlayoutBuffer::new(with_margin(1000, 2000)), newcomer(now, now + SEC));
+    d.run_until(now + 3 * SEC);
+    let s = d.buf.stats();
+    assert_eq!(s.start_shift_us, 400 * MS);
+    assert_eq!(d.out[0].at_us, now + 450 * MS);
+    assert_eq!(s.lost_chunks, 10);
+}
+
+#[test]
+fn a_start_with_its_group_in_time_is_not_shifted() {
+    // The group arrives before the keyframe is due: nothing to wait for.
+    let now = 100 * SEC;
+    let mut d = Driver::new(PlayoutBuffer::new(with_margin(1000, 2000)), newcomer(now, now + 20 * MS));
+    d.run_until(now + 3 * SEC);
+    let s = d.buf.stats();
+    assert_eq!((s.start_shift_us, s.lost_chunks), (0, 0));
+    assert_eq!(d.out[0].at_us, now + 50 * MS);
+}
+
 #[test]
 fn bound_on_buffered_chunks() {
     let mut buf = PlayoutBuffer::new(PlayoutConfig { max_buffered_chunks: 8, ..config(1000, 2000) });
@@ -405,6 +467,7 @@ fn no_panic_at_the_edges_of_u64() {
         latency: Duration::MAX,
         max_buffered_chunks: 0,
         max_behind: Duration::MAX,
+        start_margin: Duration::MAX,
     });
     buf.insert(0, chunk(u64::MAX, u64::MAX, true));
     buf.insert(u64::MAX, chunk(u64::MAX - 1, u64::MAX, true));
@@ -470,6 +533,7 @@ fn randomized_case(seed: u64) {
         latency: Duration::from_millis(latency_ms),
         max_buffered_chunks,
         max_behind: Duration::from_millis(max_behind_ms),
+        start_margin: Duration::from_millis(below(600)),
     };
     let mut d = Driver::new(PlayoutBuffer::new(config), arrivals);
     d.context = context.clone();
