@@ -91,6 +91,8 @@ impl PlayerSnapshot {
         m.insert("chunks_out".into(), json!(p.chunks_out));
         m.insert("bytes_out".into(), json!(self.bytes_out));
         m.insert("stall_ms".into(), json!(ms(p.stalled_us)));
+        // How far behind the target lag the start margin put this viewer (0 for most).
+        m.insert("start_shift_ms".into(), json!(ms(p.start_shift_us)));
         m.insert("http_clients".into(), json!(self.http_clients));
         m
     }
