@@ -942,9 +942,14 @@ impl Node {
             return;
         }
         self.stats.chunks_received += 1;
-        if self.stripes[stripe].parent.is_some_and(|p| p.id == from) {
+        let from_parent = self.stripes[stripe].parent.is_some_and(|p| p.id == from);
+        if from_parent {
             self.stats.chunks_from_parent += 1;
         }
+        // The live edge of the stripe, pushed down the tree; anything else (a pull, a
+        // former parent's, or an older chunk filling a gap: a fast-join group, a resume)
+        // is repair, and goes on to our children as such (see below).
+        let live = from_parent && self.stripes[stripe].latest.is_none_or(|l| chunk.seq > l);
         self.stats.useful_payload_bytes += len;
         self.pulls.remove(&chunk.seq);
         if self.first_needed.is_none() {
@@ -964,13 +969,21 @@ impl Node {
             hops,
             from,
         });
+        // Repair goes to the children behind their live chunks (Background), as our parent
+        // sends it to us: pushed ahead of the live edge it delays every live chunk behind
+        // it at every hop of the subtree. While thousands join at once (`rill sim`, 2,000
+        // viewers over 5 s), such gap-filling made up a sixth of the trees' traffic, the
+        // live chunks' queueing along a tree path went from ~110 ms to ~750 ms on the paths
+        // that came in late, and ~1,000 chunks a second came in late through the trees
+        // alone; as Background, none did (continuity 0.9946 -> 0.9967).
         for c in self.forwarding_order(stripe) {
             if c != from {
-                self.send_chunk(
-                    now,
-                    c,
-                    Message::Chunk { hops: hops.saturating_add(1), chunk: chunk.clone() },
-                );
+                let message = Message::Chunk { hops: hops.saturating_add(1), chunk: chunk.clone() };
+                if live {
+                    self.send_chunk(now, c, message);
+                } else {
+                    self.send_with_deadline(c, message, Class::Background, Some(now + CHUNK_SEND_DEADLINE));
+                }
             }
         }
         self.store(chunk, hops, now);
