@@ -18,7 +18,9 @@
 //!   end up near the root, and trees stay shallow.
 //! - **Mesh** (HyParView-like, Leitão et al., DSN 2007): a bounded active view of mesh
 //!   neighbours exchanging availability summaries (`Have`), and a bounded passive view fed by
-//!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours.
+//!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours. What
+//!   a node got as repair (a pull, a fast-join group, a resume) it passes on to its
+//!   children as repair too, behind their live chunks.
 //! - **Parent failure**: a parent that sends nothing in its stripe while the stream goes on
 //!   (newer chunks arrive, or mesh neighbours advertise them) is dropped, remembered as
 //!   silent for a while (not asked again, not pulled from) and replaced. The new parent
@@ -468,8 +470,15 @@ impl Node {
         self.send_with_deadline(to, message, class, None);
     }
 
+    /// A live chunk down the tree.
     fn send_chunk(&mut self, now: Instant, to: NodeId, message: Message) {
         self.send_with_deadline(to, message, Class::Stream, Some(now + CHUNK_SEND_DEADLINE));
+    }
+
+    /// A repair (a served pull, a fast-join group, a resume, or such a chunk passed on):
+    /// below the trees' traffic, since a repair must never delay the live chunks.
+    fn send_repair_chunk(&mut self, now: Instant, to: NodeId, message: Message) {
+        self.send_with_deadline(to, message, Class::Background, Some(now + CHUNK_SEND_DEADLINE));
     }
 
     fn send_with_deadline(&mut self, to: NodeId, message: Message, class: Class, deadline: Option<Instant>) {
@@ -737,12 +746,7 @@ impl Node {
                 if h.chunk.seq == key {
                     self.send_chunk(now, child, message);
                 } else {
-                    self.send_with_deadline(
-                        child,
-                        message,
-                        Class::Background,
-                        Some(now + CHUNK_SEND_DEADLINE),
-                    );
+                    self.send_repair_chunk(now, child, message);
                 }
             }
             return;
@@ -762,7 +766,7 @@ impl Node {
             .collect();
         for h in chunks {
             let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk };
-            self.send_with_deadline(child, message, Class::Background, Some(now + CHUNK_SEND_DEADLINE));
+            self.send_repair_chunk(now, child, message);
         }
     }
 
@@ -910,8 +914,7 @@ impl Node {
                 let msg = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
                 served += 1;
                 self.served_bytes_tick += h.chunk.payload.len() as u64;
-                // Below the trees' traffic: a repair must never delay the push it repairs.
-                self.send_with_deadline(from, msg, Class::Background, Some(now + CHUNK_SEND_DEADLINE));
+                self.send_repair_chunk(now, from, msg);
             }
         }
         if let Some(peer) = self.mesh.get_mut(&from) {
@@ -982,7 +985,7 @@ impl Node {
                 if live {
                     self.send_chunk(now, c, message);
                 } else {
-                    self.send_with_deadline(c, message, Class::Background, Some(now + CHUNK_SEND_DEADLINE));
+                    self.send_repair_chunk(now, c, message);
                 }
             }
         }
