@@ -58,7 +58,9 @@ pub struct PublishArgs {
     /// Stripes (push trees) the stream is split into.
     #[arg(long, default_value_t = super::link::DEFAULT_STRIPES)]
     pub stripes: u8,
-    /// The stream's nominal bitrate in kbit/s, for the link (it sizes peers' fan-out).
+    /// The stream's nominal bitrate in kbit/s, for the link (it sizes peers' fan-out) and
+    /// the largest chunk (twice an average 25 ms chunk, so bursts such as keyframes travel in
+    /// pieces).
     /// Default: 1000 for the built-in sample, else 4000; give the real rate when you know
     /// it, as a higher figure makes nodes take fewer children than they could.
     #[arg(long, value_name = "KBPS")]
@@ -95,11 +97,11 @@ impl IngestSnapshot {
     }
 }
 
-/// Largest chunk, in chunks of average size at the nominal bitrate: a keyframe several
-/// times the average is cut into pieces on consecutive stripes, so that each hop forwards
-/// them through different parents at once, and a hop's store-and-forward wait (chunk size
-/// × children ÷ upload) stays near that of an ordinary chunk instead of growing with the
-/// keyframe. Measured with `rill testbed swarm --nodes 30 --duration 30` on the built-in
+/// Largest chunk, in chunks of average size at the nominal bitrate: a burst of input
+/// several times the average (a keyframe read at once) is cut into pieces on consecutive
+/// stripes, so that each hop forwards them through different parents at once, and a hop's
+/// store-and-forward wait (chunk size × children ÷ upload) stays near that of an ordinary
+/// chunk instead of growing with the burst. Measured with `rill testbed swarm --nodes 30 --duration 30` on the built-in
 /// sample (12.7 kB keyframes, 2 kB average chunks), same machine, back to back:
 /// unsplit, arrival lag p99 852 ms, continuity 0.9913, duplicate ratio 0.164; ×3, 438 ms,
 /// 0.9978, 0.040 (a second run: 487 ms, 0.9954, 0.043); ×2, 426 ms, 0.9977, 0.020.
@@ -307,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn the_samples_keyframes_are_split_and_the_bytes_are_unchanged() {
+    fn a_burst_of_input_is_cut_at_the_cap_with_the_bytes_unchanged() {
         let sample = include_bytes!("../../assets/sample.ts");
         // The sample's rate (tools/assets/make-sample.sh), as `rill testbed swarm` announces it.
         let config = chunker_config(645);
@@ -316,7 +318,8 @@ mod tests {
         let t0 = Instant::now();
         let mut out = Vec::new();
         let mut chunks = Vec::new();
-        // 40 packets every 10 ms: faster than real time, so chunks are cut by size.
+        // 40 packets every 10 ms, six times the sample's rate: bursts, as a read of
+        // buffered input gives, so chunks are cut by size rather than by their 25 ms.
         for (i, piece) in sample.chunks(188 * 40).enumerate() {
             chunker.push(t0 + Duration::from_millis(10 * i as u64), piece).unwrap();
             while let Some(c) = chunker.poll_chunk() {
