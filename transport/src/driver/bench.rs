@@ -96,6 +96,14 @@ pub fn bench_batch_io(datagram_bytes: usize, datagrams: u64) -> io::Result<Vec<B
     Ok(figures)
 }
 
+/// The driver's default socket path alone (sendmmsg with GSO into recvmmsg with GRO, as
+/// [`SocketOptions::default`] asks): `datagrams` datagrams of `datagram_bytes`. Its CPU per
+/// datagram is the floor an encrypted session's per-packet cost sits on, besides the AEAD.
+pub fn bench_default_path(datagram_bytes: usize, datagrams: u64) -> io::Result<BatchIoFigure> {
+    let opts = SocketOptions::default();
+    run_case(&opts, &opts, datagram_bytes, datagrams)
+}
+
 fn send_path(report: &super::SocketReport) -> &'static str {
     match (report.batched, report.gso_enabled) {
         (true, true) => "sendmmsg+gso",

@@ -43,7 +43,7 @@ use tokio::net::UdpSocket;
 
 use crate::endpoint::{Endpoint, Transmit};
 
-pub use bench::{bench_batch_io, bench_fanout, BatchIoFigure, FanoutFigure};
+pub use bench::{bench_batch_io, bench_default_path, bench_fanout, BatchIoFigure, FanoutFigure};
 use timer::Timer;
 pub use timer::MIN_WAKE_INTERVAL;
 pub use tx::BATCH;

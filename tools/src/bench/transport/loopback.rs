@@ -12,6 +12,12 @@
 //! over `aead_cpu_mbps` (the AEAD figure per CPU second of its thread, so that preemption
 //! on a shared machine cancels out): the ceiling of `vs_aead` with a core per side.
 //!
+//! `ceiling_vs_aead` bounds `vs_aead` from below the transport: the same run measures the
+//! default socket path alone (sendmmsg+GSO into recvmmsg+GRO, full-size datagrams, no
+//! endpoint) and reports `seal_ns` (one packet's seal) and `socket_send_ns` (the sender's
+//! kernel cost per datagram); a sender doing nothing but those two reaches at most
+//! `seal_ns / (seal_ns + socket_send_ns)` of `aead_mbps`.
+//!
 //! The same session runs once per socket I/O path the driver knows, in one run, so the
 //! rows compare like with like on a shared machine: `gso+gro` (the default), `gso`
 //! (no receive coalescing), `mmsg` (sendmmsg/recvmmsg only) and `plain` (one datagram per
@@ -102,6 +108,14 @@ pub fn run(args: &TransportArgs) -> Result<()> {
     // the per-side bounds below, also per CPU second, are compared with.
     let aead_cpu_mbps =
         aead_mbps * wall0.elapsed().as_secs_f64() / (thread_cpu_time() - cpu0).as_secs_f64().max(1e-6);
+    // The default socket path alone on full-size datagrams (no endpoint, no crypto): the
+    // sender's kernel cost per datagram, which no transport can avoid.
+    let socket = rill_transport::driver::bench_default_path(
+        DEFAULT_MAX_DATAGRAM_SIZE,
+        (duration.as_secs_f64().min(1.0) * SOCKET_FLOOR_DATAGRAMS_PER_S) as u64,
+    )
+    .context("socket floor on 127.0.0.1")?;
+    let ceiling = SenderCeiling::new(sealed, aead_cpu_mbps, socket.sender_cpu_ns_per_datagram);
     for (name, opts) in &IO_PATHS {
         let mut row = rt.block_on(measure(duration, name, opts))?;
         let goodput = row["goodput_mbps"].as_f64().unwrap_or(0.0);
@@ -118,12 +132,51 @@ pub fn run(args: &TransportArgs) -> Result<()> {
             .min(row["receiver_bound_mbps"].as_f64().unwrap_or(0.0));
         row["aead_cpu_mbps"] = json!(round(aead_cpu_mbps, 0));
         row["bound_vs_aead"] = json!(round(if aead_cpu_mbps > 0.0 { bound / aead_cpu_mbps } else { 0.0 }, 2));
+        row["seal_ns"] = json!(round(ceiling.seal_ns, 0));
+        row["socket_send_ns"] = json!(round(ceiling.socket_send_ns, 0));
+        row["ceiling_vs_aead"] = json!(round(ceiling.vs_aead(), 2));
         report.emit(row, args.json);
     }
     if !args.json {
         report.print_table("loopback: one bulk session over real UDP on 127.0.0.1, per socket I/O path");
     }
     Ok(())
+}
+
+/// Datagrams per second of the socket-floor measurement, per second it may take: about
+/// what the default path carries on this machine class (2.4 million/s), so it takes ~1 s.
+const SOCKET_FLOOR_DATAGRAMS_PER_S: f64 = 2_000_000.0;
+
+/// The most `vs_aead` could be with a sender that did nothing but seal each full packet
+/// and hand it to the kernel on the default socket path: per packet, the seal's CPU over
+/// the seal's plus the socket's. Real sessions also build packets, process acks and keep
+/// data for retransmission, and carry frame headers inside the sealed bytes, so they stay
+/// below it; with one core per side, the receiver (open, read) bounds it a second time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SenderCeiling {
+    /// CPU ns to seal one full packet's bytes, at `aead_cpu_mbps`.
+    seal_ns: f64,
+    /// Sender CPU ns per datagram on the default socket path (on loopback this includes the
+    /// kernel's delivery into the receiving socket, which runs in the sender's system call).
+    socket_send_ns: f64,
+}
+
+impl SenderCeiling {
+    fn new(sealed_bytes: usize, aead_cpu_mbps: f64, socket_send_ns: f64) -> Self {
+        // bits / (Mbit/s) = µs; × 1000 = ns.
+        let seal_ns = if aead_cpu_mbps > 0.0 { sealed_bytes as f64 * 8.0 * 1e3 / aead_cpu_mbps } else { 0.0 };
+        Self { seal_ns, socket_send_ns: socket_send_ns.max(0.0) }
+    }
+
+    /// Goodput over `aead_mbps` at this ceiling (0 when nothing was measured).
+    fn vs_aead(&self) -> f64 {
+        let total = self.seal_ns + self.socket_send_ns;
+        if self.seal_ns > 0.0 && total > 0.0 {
+            self.seal_ns / total
+        } else {
+            0.0
+        }
+    }
 }
 
 /// `--scenario batch-io`: the batch layer alone, 1200-byte datagrams.
@@ -268,4 +321,22 @@ struct Received {
     first: Option<Instant>,
     last: Instant,
     cpu: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sender_ceiling_is_the_seal_share_of_seal_plus_socket() {
+        // 1155 bytes sealed at 14,784 Mbit/s per CPU second take 625 ns; with 415 ns of
+        // socket per datagram the sender can reach at most 0.60 of the AEAD alone.
+        let c = SenderCeiling::new(1155, 14_784.0, 415.0);
+        assert!((c.seal_ns - 625.0).abs() < 1.0, "{}", c.seal_ns);
+        assert!((c.vs_aead() - 625.0 / 1040.0).abs() < 0.01, "{}", c.vs_aead());
+        // A free socket leaves the AEAD as the only cost.
+        assert_eq!(SenderCeiling::new(1155, 14_784.0, 0.0).vs_aead(), 1.0);
+        // Nothing measured gives 0, not NaN.
+        assert_eq!(SenderCeiling::new(1155, 0.0, 415.0).vs_aead(), 0.0);
+    }
 }
