@@ -210,3 +210,62 @@ fn stream_keeps_its_rate_next_to_a_loss_based_flow_and_background_yields() {
     let rival_share = sim.app::<Sink>(rival).unwrap().payload_bytes() as f64 / link_bytes;
     assert!(rival_share > 0.5, "the competitor got the rest: {rival_share}");
 }
+
+/// Two LEDBAT++ bulk sessions on one bottleneck (20 Mbit/s, 1 s of buffer), the second
+/// starting 20 s after the first: each one's share of the link over the last 30 s, and
+/// the standing queue's p95 over that time, ms.
+fn latecomer_shares(target: Duration) -> (f64, f64, f64) {
+    let epoch = Instant::now();
+    let link = LinkConfig { rate_bps: 20_000_000, buffer_bytes: 2_500_000, ..Default::default() };
+    let mut net = VirtualNetwork::new(5, link.clone(), link);
+    net.enable_probe(epoch, Duration::from_millis(50), 64);
+    let mut sim = Simulation::new(net, epoch);
+    let factory = Arc::new(LedbatConfig { target, ..Default::default() });
+    let (a, b) = addrs();
+    let (c, d): (SocketAddr, SocketAddr) = ("10.0.0.2:1".parse().unwrap(), "10.0.1.2:1".parse().unwrap());
+    sim.add_host(
+        a,
+        Side::Left,
+        endpoint(factory.clone(), epoch, 1),
+        Box::new(BulkSender::new(b, Class::Background, 65_536, 6 << 20)),
+    );
+    let first = sim.add_host(b, Side::Right, endpoint(factory.clone(), epoch, 2), Box::new(Sink::new()));
+    sim.run_until(epoch + Duration::from_secs(20));
+    let late = epoch + Duration::from_secs(20);
+    sim.add_host(
+        c,
+        Side::Left,
+        endpoint(factory.clone(), late, 3),
+        Box::new(BulkSender::new(d, Class::Background, 65_536, 6 << 20)),
+    );
+    let second = sim.add_host(d, Side::Right, endpoint(factory, late, 4), Box::new(Sink::new()));
+    sim.run_until(epoch + Duration::from_secs(50));
+    let (f0, s0) =
+        (sim.app::<Sink>(first).unwrap().payload_bytes(), sim.app::<Sink>(second).unwrap().payload_bytes());
+    sim.run_until(epoch + Duration::from_secs(80));
+    let (f1, s1) =
+        (sim.app::<Sink>(first).unwrap().payload_bytes(), sim.app::<Sink>(second).unwrap().payload_bytes());
+    let link_bytes = 20e6 / 8.0 * 30.0;
+    (
+        (f1 - f0) as f64 / link_bytes,
+        (s1 - s0) as f64 / link_bytes,
+        sim.network().standing_queue_ms(epoch + Duration::from_secs(50)).p95,
+    )
+}
+
+#[test]
+fn a_latecomer_and_an_incumbent_split_the_link() {
+    // Two uploads of one node share its uplink: neither may starve the other, whichever
+    // started first (LEDBAT's latecomer problem, RFC 6817 §4.4), and together they keep
+    // the link busy and the queue near the target.
+    let default_ms = LedbatConfig::default().target.as_millis() as u64;
+    for target_ms in [10u64, default_ms] {
+        let (incumbent, latecomer, queue_p95_ms) = latecomer_shares(Duration::from_millis(target_ms));
+        let figures = format!(
+            "target {target_ms} ms: shares {incumbent:.3} / {latecomer:.3}, queue p95 {queue_p95_ms:.1} ms"
+        );
+        assert!(incumbent >= 0.35 && latecomer >= 0.35, "{figures}");
+        assert!(incumbent + latecomer >= 0.85, "{figures}");
+        assert!(queue_p95_ms <= target_ms as f64 * 1.3, "{figures}");
+    }
+}
