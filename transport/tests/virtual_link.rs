@@ -256,7 +256,7 @@ fn latecomer_shares(target: Duration) -> (f64, f64, f64) {
 #[test]
 fn a_latecomer_and_an_incumbent_split_the_link() {
     // Two uploads of one node share its uplink: neither may starve the other, whichever
-    // started first (LEDBAT's latecomer problem, RFC 6817 §4.4), and together they keep
+    // started first (LEDBAT's known latecomer advantage), and together they keep
     // the link busy and the queue near the target.
     let default_ms = LedbatConfig::default().target.as_millis() as u64;
     for target_ms in [10u64, default_ms] {
