@@ -714,11 +714,16 @@ fn targets(figures: &Map<String, Value>, max_path_ms: f64, churn: bool) -> Value
     };
     let above = get(&["arrival_lag_ms", "p99"]).map(|p| round(p - max_path_ms, 1));
     let startup = get(&["startup_ms", "first_byte", "max"]);
+    // Issue 5 states startup as "to the first keyframe"; METRICS.md asks for both. The
+    // first byte also waits for that keyframe's playout deadline (ingest + latency), so a
+    // viewer whose start keyframe is fresh waits nearly the whole latency for it.
+    let startup_keyframe = get(&["startup_ms", "first_keyframe", "max"]);
     let continuity = get(&["continuity_index"]);
     let min_continuity = if churn { 0.99 } else { 0.999 };
     json!({
         "arrival_lag_p99_above_max_path_ms": { "value": above, "limit": 500, "met": above.is_some_and(|a| a <= 500.0) },
         "startup_first_byte_max_ms": { "value": startup, "limit": 1000, "met": startup.is_some_and(|s| s <= 1000.0) },
+        "startup_first_keyframe_max_ms": { "value": startup_keyframe, "limit": 1000, "met": startup_keyframe.is_some_and(|s| s <= 1000.0) },
         "continuity_index": { "value": continuity, "min": min_continuity, "met": continuity.is_some_and(|c| c >= min_continuity) },
     })
 }
@@ -827,13 +832,15 @@ mod tests {
 
     #[test]
     fn targets_follow_the_issue() {
-        let f = json!({"arrival_lag_ms": {"p99": 530.0}, "startup_ms": {"first_byte": {"max": 800.0}},
+        let f = json!({"arrival_lag_ms": {"p99": 530.0},
+                       "startup_ms": {"first_byte": {"max": 800.0}, "first_keyframe": {"max": 1200.0}},
                        "continuity_index": 0.995});
         let Value::Object(f) = f else { unreachable!() };
         let t = targets(&f, 45.0, false);
         assert_eq!(t["arrival_lag_p99_above_max_path_ms"]["value"], 485.0);
         assert_eq!(t["arrival_lag_p99_above_max_path_ms"]["met"], true);
         assert_eq!(t["startup_first_byte_max_ms"]["met"], true);
+        assert_eq!(t["startup_first_keyframe_max_ms"]["met"], false);
         assert_eq!(t["continuity_index"]["met"], false);
         assert_eq!(targets(&f, 45.0, true)["continuity_index"]["met"], true);
         assert_eq!(targets(&Map::new(), 45.0, true)["continuity_index"]["met"], false);
