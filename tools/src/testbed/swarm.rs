@@ -81,6 +81,10 @@ const CHURN_SHARE: f64 = 1.0 / 3.0;
 /// Churn kills fall in this part of the run (fractions of `--duration`), so every victim
 /// watched a while before and is back well before the end.
 const CHURN_WINDOW: (f64, f64) = (0.15, 0.75);
+/// A churn victim is killed no sooner than this after it joined: time to start (startup
+/// is under a second) and to watch a while, so that a kill tests recovery, not a viewer
+/// cut off before its first chunk (in an 8 s run, a kill 0.2 s after the join did that).
+const CHURN_MIN_WATCH: Duration = Duration::from_secs(2);
 /// How long a killed viewer stays down, s.
 const CHURN_DOWN_S: (f64, f64) = (1.0, 5.0);
 /// `--verify-output`: the publisher waits this long after the last join before reading
@@ -161,12 +165,14 @@ impl Plan {
                 nat: nat_set.contains(&i),
             })
             .collect();
-        let join_at = (0..nodes).map(|i| JOIN_SPREAD * i as u32 / nodes.max(1) as u32).collect();
+        let join_at: Vec<Duration> =
+            (0..nodes).map(|i| JOIN_SPREAD * i as u32 / nodes.max(1) as u32).collect();
         let mut events = Vec::new();
         if churn {
             let victims = pick(&mut rng, nodes, (nodes as f64 * CHURN_SHARE).round() as usize);
             for viewer in victims {
-                let kill_at = run.mul_f64(uniform(&mut rng, CHURN_WINDOW));
+                let kill_at =
+                    run.mul_f64(uniform(&mut rng, CHURN_WINDOW)).max(join_at[viewer] + CHURN_MIN_WATCH);
                 let down = Duration::from_secs_f64(uniform(&mut rng, CHURN_DOWN_S));
                 events.push(ChurnEvent { viewer, kill_at, restart_at: kill_at + down });
             }
@@ -779,11 +785,20 @@ mod tests {
         assert_eq!(victims.len(), 10, "each victim once");
         for e in &p.churn {
             assert!(e.kill_at >= RUN.mul_f64(CHURN_WINDOW.0) && e.kill_at <= RUN.mul_f64(CHURN_WINDOW.1));
+            assert!(e.kill_at >= p.join_at[e.viewer] + CHURN_MIN_WATCH, "{e:?}");
             let down = (e.restart_at - e.kill_at).as_secs_f64();
             assert!((CHURN_DOWN_S.0..=CHURN_DOWN_S.1).contains(&down), "{e:?}");
             assert!(e.restart_at < RUN);
         }
         assert!(Plan::new(30, 3, 645, RUN, false, 0.0).churn.is_empty());
+        // A short run (CI's 8 s) still lets every victim watch before it is killed.
+        for seed in 0..50 {
+            let p = Plan::new(6, seed, 645, Duration::from_secs(8), true, 0.3);
+            assert_eq!(p.churn.len(), 2);
+            for e in &p.churn {
+                assert!(e.kill_at >= p.join_at[e.viewer] + CHURN_MIN_WATCH, "seed {seed}: {e:?}");
+            }
+        }
     }
 
     #[test]
