@@ -113,6 +113,12 @@ pub struct NodeStats {
     pub duplicate_payload_bytes: u64,
     /// Chunk payload bytes received that were new (duplicate ratio denominator).
     pub useful_payload_bytes: u64,
+    /// Of the duplicate bytes: the stripe's tree parent sent a chunk we had already pulled
+    /// (the tree was slower than our pull).
+    pub duplicate_tree_after_pull_bytes: u64,
+    /// Of the duplicate bytes: a chunk from anyone but the stripe's parent (mostly a
+    /// pull's answer) that the tree parent had already brought.
+    pub duplicate_pull_after_tree_bytes: u64,
     pub forged_chunks: u64,
     pub reparents: u64,
     pub pulls_sent: u64,
@@ -253,6 +259,18 @@ struct Held {
     chunk: Chunk,
     hops: u8,
     arrived: Instant,
+    via: Via,
+}
+
+/// How a held chunk first reached us (to tell duplicates apart by cause).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// From the stripe's tree parent.
+    Tree,
+    /// The answer to a pull of ours (from anyone else).
+    Pull,
+    /// Anything else: published here, a former parent's, unasked.
+    Other,
 }
 
 #[derive(Debug)]
@@ -552,7 +570,7 @@ impl Node {
         if let Some(st) = self.stripes.get_mut(stripe) {
             st.latest = Some(st.latest.map_or(seq, |l| l.max(seq)));
         }
-        self.store(chunk, 0, now);
+        self.store(chunk, 0, now, Via::Other);
     }
 
     pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
@@ -934,7 +952,17 @@ impl Node {
             p.mark = Some(p.mark.map_or(chunk.seq, |m| m.max(chunk.seq)));
         }
         let len = chunk.payload.len() as u64;
-        if self.buffer.contains_key(&chunk.seq) || self.first_needed.is_some_and(|f| chunk.seq < f) {
+        let from_parent = self.stripes[stripe].parent.is_some_and(|p| p.id == from);
+        if let Some(held) = self.buffer.get(&chunk.seq) {
+            self.stats.duplicate_payload_bytes += len;
+            match (held.via, from_parent) {
+                (Via::Pull, true) => self.stats.duplicate_tree_after_pull_bytes += len,
+                (Via::Tree, false) => self.stats.duplicate_pull_after_tree_bytes += len,
+                _ => {}
+            }
+            return;
+        }
+        if self.first_needed.is_some_and(|f| chunk.seq < f) {
             self.stats.duplicate_payload_bytes += len;
             return;
         }
@@ -945,7 +973,13 @@ impl Node {
             return;
         }
         self.stats.chunks_received += 1;
-        let from_parent = self.stripes[stripe].parent.is_some_and(|p| p.id == from);
+        let via = if from_parent {
+            Via::Tree
+        } else if self.pulls.contains_key(&chunk.seq) {
+            Via::Pull
+        } else {
+            Via::Other
+        };
         if from_parent {
             self.stats.chunks_from_parent += 1;
         }
@@ -989,11 +1023,11 @@ impl Node {
                 }
             }
         }
-        self.store(chunk, hops, now);
+        self.store(chunk, hops, now, via);
     }
 
-    fn store(&mut self, chunk: Chunk, hops: u8, arrived: Instant) {
-        self.buffer.insert(chunk.seq, Held { chunk, hops, arrived });
+    fn store(&mut self, chunk: Chunk, hops: u8, arrived: Instant, via: Via) {
+        self.buffer.insert(chunk.seq, Held { chunk, hops, arrived, via });
         while self.buffer.len() > self.buffer_limit() {
             self.buffer.pop_first();
         }

@@ -427,3 +427,31 @@ fn a_request_flood_leaves_state_bounded() {
     assert!(sizes.passive <= rill_swarm::node::MAX_PASSIVE);
     assert!(sizes.directory <= rill_swarm::node::MAX_DIRECTORY);
 }
+
+#[test]
+fn duplicates_are_told_apart_by_cause() {
+    let mut s = Swarm::new(5);
+    for i in 1..=6 {
+        s.add_viewer(i, 6000);
+    }
+    s.run_for(Duration::from_secs(3));
+    let target = id(1);
+    let before = s.nodes[&target].stats();
+    // Without loss or bandwidth limits the trees brought everything: no pulls, no moves.
+    assert_eq!((before.pulls_sent, before.reparents), (0, 0), "{before:?}");
+    let seq = s.next_seq - 10;
+    assert!(s.nodes[&target].holds(seq));
+    let parent = s.nodes[&target].parents()[(seq % u64::from(STRIPES)) as usize].expect("a parent");
+    let other = (2..=6).map(id).find(|n| *n != parent).unwrap();
+    // A copy from a mesh neighbour (as a pull's late answer would be), then the parent's
+    // own copy again.
+    let copy = s.chunk(seq);
+    let len = copy.payload.len() as u64;
+    s.inject(other, target, Message::Chunk { hops: 1, chunk: copy.clone() });
+    s.inject(parent, target, Message::Chunk { hops: 1, chunk: copy });
+    s.run_for(Duration::from_millis(60));
+    let after = s.nodes[&target].stats();
+    assert_eq!(after.duplicate_payload_bytes - before.duplicate_payload_bytes, 2 * len);
+    assert_eq!(after.duplicate_pull_after_tree_bytes - before.duplicate_pull_after_tree_bytes, len);
+    assert_eq!(after.duplicate_tree_after_pull_bytes, before.duplicate_tree_after_pull_bytes);
+}

@@ -171,6 +171,10 @@ pub fn figures(name: &str, seed: u64, commit: Option<&str>, r: &Results, wall_s:
     // Two literals: one would exceed serde_json's macro recursion limit.
     let cost = json!({
         "duplicate_ratio": ratio(r.stats.duplicate_payload_bytes as f64, r.stats.useful_payload_bytes as f64),
+        "duplicate_ratio_by_cause": {
+            "tree_after_pull": ratio(r.stats.duplicate_tree_after_pull_bytes as f64, r.stats.useful_payload_bytes as f64),
+            "pull_after_tree": ratio(r.stats.duplicate_pull_after_tree_bytes as f64, r.stats.useful_payload_bytes as f64),
+        },
         "publisher_upload": ratio(r.publisher_wire_bytes as f64, r.media_bytes as f64),
         "upload_utilisation": { "p50": upload(50.0), "p95": upload(95.0), "max": upload(100.0) },
         "publisher_upload_utilisation": round(r.publisher_utilisation, 4),
@@ -236,6 +240,7 @@ fn explain(key: &str) -> &'static str {
         "rdp_mean" => "arrival lag / (direct delay + one chunk at publisher upload)",
         "overhead_ratio" => "wire bytes of all nodes / media bytes owed to viewers while present",
         "duplicate_ratio" => "duplicate / useful chunk payload bytes received",
+        "duplicate_ratio_by_cause" => "the part where the tree parent's copy came after our pull's (tree_after_pull), and where a pull's answer came after the tree's (pull_after_tree); the rest is other",
         "publisher_upload" => "publisher wire bytes / media bytes",
         "upload_utilisation" => "viewer wire bytes sent / (upload capacity × time in the swarm)",
         "publisher_upload_utilisation" => "the same, publisher",

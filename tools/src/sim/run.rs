@@ -475,6 +475,8 @@ fn add_stats(sum: &mut NodeStats, s: &NodeStats) {
     sum.chunks_received += s.chunks_received;
     sum.duplicate_payload_bytes += s.duplicate_payload_bytes;
     sum.useful_payload_bytes += s.useful_payload_bytes;
+    sum.duplicate_tree_after_pull_bytes += s.duplicate_tree_after_pull_bytes;
+    sum.duplicate_pull_after_tree_bytes += s.duplicate_pull_after_tree_bytes;
     sum.forged_chunks += s.forged_chunks;
     sum.reparents += s.reparents;
     sum.pulls_sent += s.pulls_sent;
