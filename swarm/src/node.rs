@@ -129,6 +129,8 @@ pub struct NodeStats {
     /// Milliseconds spent without a tree parent, summed over stripes (a viewer lacking a
     /// parent lives on pulls for that stripe).
     pub orphan_ms: u64,
+    /// Children dropped because they went silent (see `CHILD_SILENCE`).
+    pub children_dropped_silent: u64,
 }
 
 /// Verifies chunk signatures. The default verifies every chunk with Ed25519; a simulator
@@ -178,6 +180,14 @@ const SILENT_FOR: Duration = Duration::from_secs(30);
 /// come every [`HAVE_EVERY_TICKS`] ticks (300 ms), as Control, which the transport
 /// retransmits, so this is several lost in a row.
 const MESH_SILENCE: Duration = Duration::from_millis(2000);
+/// A child we heard nothing from for this long is dropped and its slot freed. Children
+/// send their parents the same summaries as mesh neighbours (every 300 ms, Control), so
+/// this is ten lost in a row. Without it a crashed child held its slot until the
+/// transport's idle timeout (30 s): in `rill sim scenarios/issue-10k-churn.toml` the
+/// publisher's slots of one stripe were all held by departed children from 47 s on, no
+/// one could reach the top of that stripe's tree, and 7,003 of 7,073 viewers lost that
+/// stripe to the end of the run (`continuity_index` 0.867).
+const CHILD_SILENCE: Duration = Duration::from_millis(3000);
 /// Chunks of its stripe a new parent sends a child that changed parents: what a dead
 /// parent leaves undelivered between its last chunk and the child's re-subscription
 /// (parent timeout plus a round trip), and no more, so that re-parenting never becomes a
@@ -288,6 +298,9 @@ pub struct Node {
     mesh: BTreeMap<NodeId, MeshPeer>,
     /// Hellos sent to grow the mesh, not answered yet.
     mesh_pending: BTreeMap<NodeId, Instant>,
+    /// When we last heard from each child (any stripe). Bounded by our children: entries
+    /// of peers no longer children go at the next tick.
+    children_heard: BTreeMap<NodeId, Instant>,
     passive: BTreeSet<NodeId>,
     banned: BTreeSet<NodeId>,
     /// Parents we dropped for silence, and when (see [`SILENT_FOR`]).
@@ -340,6 +353,7 @@ impl Node {
             roots: Vec::new(),
             mesh: BTreeMap::new(),
             mesh_pending: BTreeMap::new(),
+            children_heard: BTreeMap::new(),
             passive: BTreeSet::new(),
             banned: BTreeSet::new(),
             silent: BTreeMap::new(),
@@ -574,6 +588,9 @@ impl Node {
     }
 
     pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
+        if let Some(heard) = self.children_heard.get_mut(&from) {
+            *heard = now;
+        }
         if self.banned.contains(&from) || from == self.me.id {
             return;
         }
@@ -742,6 +759,7 @@ impl Node {
 
     fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize, starting: bool, resume_from: u64) {
         self.stripes[stripe].children.insert(child);
+        self.children_heard.insert(child, now);
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
         if starting {
             // Fast join: the latest keyframe chunk itself (whatever its stripe: the
@@ -1427,14 +1445,38 @@ impl Node {
             self.stats.orphan_ms += orphans * TICK.as_millis() as u64;
         }
         self.check_parents(now);
+        self.check_children(now);
         self.maintain_mesh(now);
         self.repair(now);
         if self.ticks % HAVE_EVERY_TICKS == 0 {
+            // To mesh neighbours, who pull by them, and to parents, who take them as a
+            // sign of life (see `check_children`).
             let have = self.have();
-            let mesh: Vec<NodeId> = self.mesh.keys().copied().collect();
-            for id in mesh {
+            let mut to: BTreeSet<NodeId> = self.mesh.keys().copied().collect();
+            to.extend(self.stripes.iter().filter_map(|s| s.parent.map(|p| p.id)));
+            for id in to {
                 self.send(id, Message::Have(have), Class::Control);
             }
+        }
+    }
+
+    /// Drop children we have not heard from for [`CHILD_SILENCE`] (crashed, or gone
+    /// without a word): their slots go to the orphans looking for one.
+    fn check_children(&mut self, now: Instant) {
+        let stripes = &self.stripes;
+        self.children_heard.retain(|c, _| stripes.iter().any(|s| s.children.contains(c)));
+        let silent: Vec<NodeId> = self
+            .children_heard
+            .iter()
+            .filter(|(_, &heard)| now.saturating_duration_since(heard) >= CHILD_SILENCE)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in silent {
+            self.children_heard.remove(&c);
+            for st in &mut self.stripes {
+                st.children.remove(&c);
+            }
+            self.stats.children_dropped_silent += 1;
         }
     }
 

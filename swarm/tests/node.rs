@@ -455,3 +455,33 @@ fn duplicates_are_told_apart_by_cause() {
     assert_eq!(after.duplicate_pull_after_tree_bytes - before.duplicate_pull_after_tree_bytes, len);
     assert_eq!(after.duplicate_tree_after_pull_bytes, before.duplicate_tree_after_pull_bytes);
 }
+
+#[test]
+fn a_crashed_childs_slot_is_freed_within_seconds() {
+    // The transport would tell the parent only after its idle timeout (30 s): meanwhile
+    // the slot is lost to orphans. Children's summaries are the parent's sign of life.
+    let mut s = Swarm::new(6);
+    for i in 1..=12 {
+        s.add_viewer(i, 8000);
+        s.run_for(Duration::from_millis(20));
+    }
+    s.run_for(Duration::from_secs(3));
+    let publisher = s.publisher;
+    // A child that is not also a mesh neighbour (those are dropped for silence in the
+    // mesh already).
+    let mesh = s.nodes[&publisher].mesh_peers();
+    let (child, stripe) = (0..STRIPES as usize)
+        .find_map(|st| {
+            s.nodes[&publisher].children(st).into_iter().find(|c| !mesh.contains(c)).map(|c| (c, st))
+        })
+        .expect("the publisher has a child outside its mesh");
+    // Alive, it stays a child.
+    s.run_for(Duration::from_secs(4));
+    assert!(s.nodes[&publisher].children(stripe).contains(&child));
+    s.kill(child);
+    s.run_for(Duration::from_millis(3500));
+    for st in 0..STRIPES as usize {
+        assert!(!s.nodes[&publisher].children(st).contains(&child), "stripe {st} still holds it");
+    }
+    assert!(s.nodes[&publisher].stats().children_dropped_silent >= 1);
+}

@@ -483,6 +483,7 @@ fn add_stats(sum: &mut NodeStats, s: &NodeStats) {
     sum.pulls_served += s.pulls_served;
     sum.chunks_from_parent += s.chunks_from_parent;
     sum.orphan_ms += s.orphan_ms;
+    sum.children_dropped_silent += s.children_dropped_silent;
 }
 
 impl World {
