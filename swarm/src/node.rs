@@ -26,7 +26,9 @@
 //!   silent for a while (not asked again, not pulled from) and replaced. The new parent
 //!   sends the few chunks of the stripe the child lacks (`Subscribe::resume_from`); the
 //!   rest are pulled meanwhile, from the publisher or a relay when a newcomer's mesh is too
-//!   small to have them.
+//!   small to have them. The other way round, children send their parents their summaries,
+//!   and a parent drops a child it has not heard from for a few seconds, so a crashed
+//!   child's slot goes to an orphan at once rather than after the transport's idle timeout.
 //! - **Fast join**: a parent sends a new child the latest keyframe chunk at once, so a
 //!   newcomer can start decoding after one round trip, and then its stripe's chunks of that
 //!   keyframe group behind the live ones. A newcomer given mesh contacts waits a moment for their summaries
