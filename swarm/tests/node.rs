@@ -110,6 +110,20 @@ impl Swarm {
         self.add(info(i, upload, false), Role::Viewer, upload, vec![p]);
     }
 
+    /// A publisher and viewers 1..=`viewers` of `upload` kbit/s, joining `join_gap` apart
+    /// (all at once if zero), then `settle` of stream.
+    fn grown(seed: u64, viewers: u32, upload: u32, join_gap: Duration, settle: Duration) -> Swarm {
+        let mut s = Swarm::new(seed);
+        for i in 1..=viewers {
+            s.add_viewer(i, upload);
+            if !join_gap.is_zero() {
+                s.run_for(join_gap);
+            }
+        }
+        s.run_for(settle);
+        s
+    }
+
     /// One-way delay between two nodes: 10–40 ms, fixed per pair.
     fn delay(a: &NodeId, b: &NodeId) -> Duration {
         let (x, y) = if a < b { (a, b) } else { (b, a) };
@@ -296,12 +310,7 @@ fn every_viewer_gets_every_chunk_quickly_over_shallow_trees() {
 fn a_dead_parent_is_replaced_before_the_playout_deadline() {
     // Uploads of 2× the stream: at 1.5× (75 % of it for the trees) a 40-node swarm has no
     // spare tree slot for the orphans, and they live on mesh pulls alone.
-    let mut s = Swarm::new(2);
-    for i in 1..=40 {
-        s.add_viewer(i, 8000);
-        s.run_for(Duration::from_millis(20));
-    }
-    s.run_for(Duration::from_secs(3));
+    let mut s = Swarm::grown(2, 40, 8000, Duration::from_millis(20), Duration::from_secs(3));
     // The interior node with the most children in any stripe dies.
     let (victim, stripe) = (1..=40)
         .flat_map(|i| (0..STRIPES as usize).map(move |st| (i, st)))
@@ -328,11 +337,7 @@ fn a_dead_parent_is_replaced_before_the_playout_deadline() {
 
 #[test]
 fn a_forged_chunk_is_refused_and_its_sender_banned() {
-    let mut s = Swarm::new(3);
-    for i in 1..=10 {
-        s.add_viewer(i, 6000);
-    }
-    s.run_for(Duration::from_secs(2));
+    let mut s = Swarm::grown(3, 10, 6000, Duration::ZERO, Duration::from_secs(2));
     let (target, liar) = (id(1), id(2));
     // A chunk from the future, signed by another key.
     let other = ChannelKey::generate(&mut ChaCha8Rng::seed_from_u64(77));
@@ -364,11 +369,7 @@ fn a_forged_chunk_is_refused_and_its_sender_banned() {
 
 #[test]
 fn a_newcomer_starts_at_a_keyframe_at_once() {
-    let mut s = Swarm::new(4);
-    for i in 1..=30 {
-        s.add_viewer(i, 6000);
-    }
-    s.run_for(Duration::from_secs(3));
+    let mut s = Swarm::grown(4, 30, 6000, Duration::ZERO, Duration::from_secs(3));
     // Join in the middle of a keyframe group.
     while s.next_seq % KEYFRAME_EVERY != KEYFRAME_EVERY / 2 {
         s.run_for(Duration::from_millis(10));
@@ -393,11 +394,7 @@ fn a_newcomer_starts_at_a_keyframe_at_once() {
 
 #[test]
 fn a_request_flood_leaves_state_bounded() {
-    let mut s = Swarm::new(5);
-    for i in 1..=8 {
-        s.add_viewer(i, 6000);
-    }
-    s.run_for(Duration::from_secs(2));
+    let mut s = Swarm::grown(5, 8, 6000, Duration::ZERO, Duration::from_secs(2));
     let target = id(1);
     let flooder = s.nodes[&target].mesh_peers().into_iter().find(|p| *p != s.publisher).expect("a mesh peer");
     let held: Vec<u64> = (0..s.next_seq).filter(|q| s.nodes[&target].holds(*q)).collect();
@@ -430,11 +427,7 @@ fn a_request_flood_leaves_state_bounded() {
 
 #[test]
 fn duplicates_are_told_apart_by_cause() {
-    let mut s = Swarm::new(5);
-    for i in 1..=6 {
-        s.add_viewer(i, 6000);
-    }
-    s.run_for(Duration::from_secs(3));
+    let mut s = Swarm::grown(5, 6, 6000, Duration::ZERO, Duration::from_secs(3));
     let target = id(1);
     let before = s.nodes[&target].stats();
     // Without loss or bandwidth limits the trees brought everything: no pulls, no moves.
@@ -460,12 +453,7 @@ fn duplicates_are_told_apart_by_cause() {
 fn a_crashed_childs_slot_is_freed_within_seconds() {
     // The transport would tell the parent only after its idle timeout (30 s): meanwhile
     // the slot is lost to orphans. Children's summaries are the parent's sign of life.
-    let mut s = Swarm::new(6);
-    for i in 1..=12 {
-        s.add_viewer(i, 8000);
-        s.run_for(Duration::from_millis(20));
-    }
-    s.run_for(Duration::from_secs(3));
+    let mut s = Swarm::grown(6, 12, 8000, Duration::from_millis(20), Duration::from_secs(3));
     let publisher = s.publisher;
     // A child that is not also a mesh neighbour (those are dropped for silence in the
     // mesh already).
