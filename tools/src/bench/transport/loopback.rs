@@ -12,7 +12,7 @@
 //! over `aead_cpu_mbps` (the AEAD figure per CPU second of its thread, so that preemption
 //! on a shared machine cancels out): the ceiling of `vs_aead` with a core per side.
 //!
-//! `ceiling_vs_aead` bounds `vs_aead` from below the transport: the same run measures the
+//! `ceiling_vs_aead` bounds `vs_aead` by what lies under the transport: the same run measures the
 //! default socket path alone (sendmmsg+GSO into recvmmsg+GRO, full-size datagrams, no
 //! endpoint) and reports `seal_ns` (one packet's seal) and `socket_send_ns` (the sender's
 //! kernel cost per datagram); a sender doing nothing but those two reaches at most
