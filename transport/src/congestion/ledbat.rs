@@ -19,10 +19,37 @@
 //! # Phases
 //! ```text
 //! SlowStart --(delay > 3/4 target | loss | ssthresh)--> Avoidance
-//! Avoidance --(slowdown due)--> Freeze (cwnd = 2 packets, 2 RTTs) --> Ramp
-//! Ramp --(cwnd reaches ssthresh | loss)--> Avoidance, next slowdown 9 x duration later
+//! Avoidance --(slowdown due)--> Freeze (cwnd = pipe / 2, 2 RTTs)
+//! Freeze --(2 RTTs)--> Avoidance at cwnd = pipe, next slowdown 9 x duration later
 //! any --(RTO)--> SlowStart with cwnd = 1 packet
 //! ```
+//!
+//! # Slowdowns that drain the queue, not the pipe
+//! The draft's slowdown (§4.4) freezes the window at 2 packets for 2 RTTs and then slow
+//! starts back, so that every LEDBAT++ flow on the bottleneck lets the queue empty and
+//! re-measures its base delay. That empties the pipe as well: with the slow start back
+//! (log2(window / 2) RTTs) it costs about a tenth of the link, which is what keeps the
+//! draft's target at 60 ms (a deep queue covers part of the gap). Here the freeze holds
+//! half the *pipe*, the window less the queue it keeps (`cwnd × min_rtt / srtt`), as BBR's
+//! ProbeRTT does (draft-ietf-ccwg-bbr-02 §5.3.4.4, `ProbeRTTCwndGain` = 0.5): sending at
+//! half the rate the path carries without a queue empties a queue of `target` in
+//! 2 × `target`, well inside the 2-RTT freeze on paths whose RTT is above `target`, while
+//! the link stays busy; afterwards the window resumes at the pipe, in avoidance, and
+//! grows the queue back toward the target. Avoidance adds about a packet per RTT, so on
+//! a long fat path the next slowdown (18 RTTs later) comes before the queue reaches the
+//! target: the target then caps the queue rather than sets it.
+//!
+//! Measured, the draft's slowdown against this one, same machine, back to back:
+//! - `rill bench transport --scenario bottleneck` (virtual link, 20 Mbit/s, 1 s buffer,
+//!   20 ms one way, target 15 ms): standing queue p95 15.4 → 9.0 ms, utilisation 0.930 →
+//!   0.943; at a 60 ms target 60.4 → 3.4 ms.
+//! - `rill testbed transport --scenario bottleneck` (real namespaces, same path): rill
+//!   8.7 ms p95 at utilisation 0.945, kernel BBR 11.0 ms in the same run (the draft's
+//!   slowdown gave 15.7 ms against BBR's 11.0).
+//! - `rill testbed swarm --nodes 30 --duration 30`, seeds 11–16 alternating builds:
+//!   lost chunks 51/64/38/44/39/60 → 48/28/32/35/63/49.
+//! - Two bulk flows, one starting 20 s after the other, still split the link evenly
+//!   (`transport/tests/virtual_link.rs`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -31,12 +58,15 @@ use super::pacer::window_pacing_rate;
 use super::{AckSample, Controller, ControllerFactory};
 use crate::rtt::RttEstimator;
 
-/// Default queueing-delay target: 15 ms, chosen from `rill bench transport --scenario
-/// bottleneck` (20 Mbit/s, 1 s buffer, 20 ms one-way; probe-measured standing queue p95 /
-/// utilisation): 5 ms -> 5.0 / 0.84, 10 ms -> 10.8 / 0.91, 15 ms -> 15.5 / 0.93,
-/// 20 ms -> 20.7 / 0.93, 25 ms -> 25.0 / 0.93, 60 ms -> 60.6 / 0.94. Utilisation stops
-/// improving at 15 ms, so a larger target only buys queue. For comparison: RFC 6817 §2.5
-/// "TARGET MUST be 100 milliseconds or less", uTP (BEP 29) uses 100 ms and LEDBAT++
+/// Default queueing-delay target: 15 ms, from `rill bench transport --scenario bottleneck`
+/// (20 Mbit/s, 1 s buffer, 20 ms one-way; probe-measured standing queue p95 / utilisation):
+/// 5 ms -> 4.7 / 0.84, 10 ms -> 8.9 / 0.94, 15 ms -> 9.0 / 0.94, 20 ms -> 8.9 / 0.94,
+/// 25 ms -> 5.1 / 0.94, 60 ms -> 3.4 / 0.94. On that path the slowdowns, not the target,
+/// bound the queue from 10 ms up (module docs); the target caps it on paths with shorter
+/// RTTs, where avoidance reaches it between slowdowns, and 15 ms leaves room above the
+/// delay jitter of a busy host. (Before the slowdowns drained to half the pipe, the queue
+/// sat at the target and utilisation stopped improving at 15 ms.) For comparison: RFC 6817
+/// §2.5 "TARGET MUST be 100 milliseconds or less", uTP (BEP 29) uses 100 ms and LEDBAT++
 /// (draft-01 §4.5) 60 ms.
 pub const DEFAULT_TARGET: Duration = Duration::from_millis(15);
 
@@ -77,8 +107,10 @@ const MAX_DECREASE_FRACTION: f64 = 0.5;
 const INITIAL_SLOWDOWN_DELAY_RTTS: u32 = 2;
 /// draft-01 §4.4: cwnd is "frozen at 2 packets for 2 RTT" during a slowdown.
 const SLOWDOWN_FREEZE_RTTS: u32 = 2;
-/// draft-01 §4.4: the frozen window, 2 packets.
-const SLOWDOWN_CWND_PACKETS: usize = 2;
+/// The frozen window as a fraction of the pipe (window × min_rtt / srtt): 0.5, BBR's
+/// ProbeRTT cwnd gain (draft-ietf-ccwg-bbr-02 §5.3.4.4), in place of the draft's 2 packets
+/// (module docs, "Slowdowns that drain the queue").
+const SLOWDOWN_PIPE_FRACTION: f64 = 0.5;
 /// draft-01 §4.4: the next slowdown starts 9 times the last slowdown's duration after it
 /// ended, keeping the utilisation loss to about 10%.
 const SLOWDOWN_INTERVAL_FACTOR: u32 = 9;
@@ -113,10 +145,9 @@ enum Phase {
     SlowStart,
     /// Congestion avoidance (draft-01 §4.3).
     Avoidance,
-    /// A slowdown's freeze: cwnd pinned at 2 packets until `until` (draft-01 §4.4).
+    /// A slowdown's freeze: cwnd pinned at half the pipe until `until` (draft-01 §4.4;
+    /// module docs); ssthresh holds the pipe to return to.
     Freeze { until: Instant },
-    /// A slowdown's slow start back up to ssthresh (draft-01 §4.4).
-    Ramp,
 }
 
 /// One-way delay bookkeeping (RFC 6817 §2.4.2 `update_base_delay`, `update_current_delay`).
@@ -190,7 +221,7 @@ pub struct Ledbat {
     /// Slow-start threshold in bytes; infinite until the first exit from slow start.
     ssthresh: f64,
     phase: Phase,
-    /// When the current slowdown began (Freeze or Ramp).
+    /// When the current slowdown began.
     slowdown_started: Option<Instant>,
     /// When the next slowdown begins (Avoidance only).
     next_slowdown: Option<Instant>,
@@ -230,14 +261,14 @@ impl Ledbat {
         }
     }
 
-    /// In the initial slow start or a slowdown's ramp.
+    /// In the initial slow start (again after an RTO).
     pub fn in_slow_start(&self) -> bool {
-        matches!(self.phase, Phase::SlowStart | Phase::Ramp)
+        self.phase == Phase::SlowStart
     }
 
-    /// In a periodic slowdown (freeze or ramp).
+    /// In a periodic slowdown's freeze.
     pub fn in_slowdown(&self) -> bool {
-        matches!(self.phase, Phase::Freeze { .. } | Phase::Ramp)
+        matches!(self.phase, Phase::Freeze { .. })
     }
 
     /// Minimum one-way delay over the base history, µs on the sample's arbitrary offset.
@@ -296,21 +327,36 @@ impl Ledbat {
         self.recovery_start.is_some_and(|start| sent_time <= start)
     }
 
-    /// Time-driven transitions: a due slowdown starts, a finished freeze becomes a ramp.
+    /// The window less the queue it keeps: cwnd × min_rtt / srtt (all of it before any
+    /// RTT sample), at least the minimum window.
+    fn pipe(&self) -> f64 {
+        let srtt = self.srtt.as_secs_f64();
+        let ratio = match self.min_rtt {
+            Some(min) if srtt > 0.0 => (min.as_secs_f64() / srtt).min(1.0),
+            _ => 1.0,
+        };
+        (self.cwnd * ratio).max(self.min_cwnd())
+    }
+
+    /// Time-driven transitions: a due slowdown starts, a finished freeze ends.
     fn advance(&mut self, now: Instant) {
         match self.phase {
             Phase::Avoidance if self.next_slowdown.is_some_and(|t| now >= t) => {
-                // draft-01 §4.4: "set SSTHRESH to the current ... CWND, and then reduce
-                // CWND to 2 packets", frozen for 2 RTTs.
-                self.ssthresh = self.cwnd;
-                self.cwnd = (SLOWDOWN_CWND_PACKETS * self.mss) as f64;
+                // draft-01 §4.4 saves the window in SSTHRESH and freezes at 2 packets for
+                // 2 RTTs; we save the pipe and freeze at half of it (module docs).
+                self.ssthresh = self.pipe();
+                self.cwnd = (self.ssthresh * SLOWDOWN_PIPE_FRACTION).max(self.min_cwnd());
                 let until = now.checked_add(self.srtt.saturating_mul(SLOWDOWN_FREEZE_RTTS)).unwrap_or(now);
                 self.phase = Phase::Freeze { until };
                 self.slowdown_started = Some(now);
                 self.next_slowdown = None;
                 self.slowdowns += 1;
             }
-            Phase::Freeze { until } if now >= until => self.phase = Phase::Ramp,
+            Phase::Freeze { until } if now >= until => {
+                // Back to the pipe, in avoidance, which grows the queue back to the target.
+                self.cwnd = self.ssthresh.max(self.min_cwnd());
+                self.end_slowdown(now);
+            }
             _ => {}
         }
     }
@@ -395,26 +441,12 @@ impl Controller for Ledbat {
                         }
                     }
                 }
-                Phase::Ramp => {
-                    // draft-01 §4.4: slow start "until the congestion window reaches
-                    // SSTHRESH"; §4.1: the delay exit applies to the initial slow start only.
-                    self.cwnd = (self.cwnd + gain * acked).min(self.ssthresh);
-                    if self.cwnd >= self.ssthresh {
-                        self.end_slowdown(now);
-                    }
-                }
                 Phase::Avoidance => self.avoidance(acked, queuing_us, gain),
             }
         }
         if ack.app_limited && self.cwnd > before {
             let cap = (ack.bytes_in_flight + ALLOWED_INCREASE_PACKETS * self.mss) as f64;
             self.cwnd = self.cwnd.min(before.max(cap));
-            if self.phase == Phase::Ramp && self.cwnd <= before {
-                // The application cannot use the old window: the ramp would never reach
-                // ssthresh and no further slowdown would be scheduled. End it here.
-                self.ssthresh = self.cwnd;
-                self.end_slowdown(now);
-            }
         }
         // RFC 6817 §2.4.2: cwnd = max(cwnd, MIN_CWND * MSS) after every ack.
         self.cwnd = self.cwnd.max(self.min_cwnd());
@@ -435,10 +467,6 @@ impl Controller for Ledbat {
         self.decrease_credit = 0.0;
         match self.phase {
             Phase::SlowStart => self.exit_slow_start(now),
-            Phase::Ramp => {
-                self.ssthresh = self.cwnd;
-                self.end_slowdown(now);
-            }
             // The window to return to after the freeze halves too.
             Phase::Freeze { .. } => self.ssthresh = (self.ssthresh * LOSS_REDUCTION).max(self.min_cwnd()),
             Phase::Avoidance => self.ssthresh = self.cwnd,
@@ -677,7 +705,7 @@ mod tests {
     }
 
     #[test]
-    fn periodic_slowdown_freezes_at_two_packets_then_recovers() {
+    fn periodic_slowdown_freezes_at_half_the_pipe_then_resumes_at_the_pipe() {
         let mut r = Rounds::new(config_25ms());
         r.slow_start_to(40, 20);
         assert!(!r.c.in_slow_start());
@@ -692,37 +720,35 @@ mod tests {
         assert!(w >= 40 * MSS);
         r.c.on_packet_sent(first, MSS, MSS);
         assert!(r.c.in_slowdown() && !r.c.in_slow_start());
-        assert_eq!(r.c.window(), 2 * MSS);
-        assert_eq!(r.c.ssthresh(), w);
+        // The pipe is the window less its queue: w × min_rtt / srtt.
+        let srtt = r.rtt.smoothed();
+        let pipe = w as f64 * r.rtt.min().as_secs_f64() / srtt.as_secs_f64();
+        assert!(pipe < w as f64 * 0.9, "the rounds kept a queue: pipe {pipe} of {w}");
+        assert!((r.c.ssthresh() as f64 - pipe).abs() <= 1.0, "{} vs {pipe}", r.c.ssthresh());
+        let frozen = r.c.window();
+        assert!((frozen as f64 - pipe / 2.0).abs() <= 1.0, "{frozen} vs {}", pipe / 2.0);
         assert_eq!(r.c.slowdowns(), 1);
         // Frozen for two RTTs: acks do not grow it.
-        let srtt = r.rtt.smoothed();
         let ack =
-            AckSample { bytes_acked: MSS, sent_time: first, bytes_in_flight: 2 * MSS, app_limited: false };
+            AckSample { bytes_acked: MSS, sent_time: first, bytes_in_flight: frozen, app_limited: false };
         for t in [Duration::from_millis(1), srtt, srtt * 2 - Duration::from_micros(1)] {
             r.c.on_ack(first + t, &ack, &r.rtt);
-            assert_eq!(r.c.window(), 2 * MSS);
+            assert_eq!(r.c.window(), frozen);
         }
-        // Then slow start (with GAIN) back to the old window, and avoidance.
-        r.now = first + srtt * 2;
-        let mut rounds = 0;
-        while r.c.in_slowdown() {
-            r.round(0);
-            assert!(r.c.in_slow_start() || !r.c.in_slowdown());
-            rounds += 1;
-            assert!(rounds < 100, "ramp never ended");
-        }
-        // Back at the old window (the rest of the round's acks grow it in avoidance).
-        assert!(r.c.window() >= w && r.c.window() <= w + MSS, "{} vs {w}", r.c.window());
+        // Then straight back to the pipe, in avoidance.
+        let ended = first + srtt * 2;
+        r.c.on_packet_sent(ended, MSS, MSS);
+        assert!(!r.c.in_slowdown() && !r.c.in_slow_start());
+        assert_eq!(r.c.window(), r.c.ssthresh());
         // Next slowdown 9 × the slowdown's duration after it ended.
-        let ended = r.now;
         assert_eq!(r.c.next_slowdown(), Some(ended + (ended - first) * 9));
         // And it does happen.
+        r.now = ended;
         while r.c.slowdowns() < 2 {
             r.round(10);
             assert!(r.now <= ended + (ended - first) * 9 + 2 * RTT);
         }
-        assert_eq!(r.c.window(), 2 * MSS);
+        assert!(r.c.in_slowdown());
     }
 
     #[test]
@@ -745,17 +771,19 @@ mod tests {
     }
 
     #[test]
-    fn app_limited_ramp_ends_the_slowdown() {
+    fn slowdowns_keep_coming_while_app_limited() {
         let mut r = Rounds::new(config_25ms());
         r.slow_start_to(40, 20);
         while !r.c.in_slowdown() {
             r.round(10);
         }
+        // An application that cannot fill the pipe: freezes still end on time, and the
+        // next ones are still scheduled.
+        let before = r.c.slowdowns();
         for _ in 0..200 {
             r.round_limited(0, Some(3));
         }
-        assert!(!r.c.in_slowdown());
-        assert!(r.c.next_slowdown().is_some(), "slowdowns keep being scheduled");
+        assert!(r.c.slowdowns() >= before + 5, "{} slowdowns after {before}", r.c.slowdowns());
     }
 
     #[test]
@@ -917,10 +945,12 @@ mod tests {
         let mut c = Ledbat::new(&config, Instant::now(), MSS);
         let res = simulate(&mut c, 20e6, Duration::from_millis(20), Duration::from_secs(60));
         eprintln!("ledbat++: {res:?}, {} slowdowns", c.slowdowns());
+        // The queue stays under the target (slowdowns drain it every ~20 RTTs and
+        // avoidance rebuilds it a packet per RTT) while the link stays busy.
         let target = config.target.as_secs_f64();
         let q = res.mean_queue.as_secs_f64();
-        assert!(q >= 0.3 * target && q <= 1.5 * target, "{res:?}");
-        assert!(res.utilisation >= 0.85, "{res:?}");
+        assert!(q <= 1.5 * target, "{res:?}");
+        assert!(res.utilisation >= 0.9, "{res:?}");
         assert_eq!(res.losses, 0, "{res:?}");
         assert!(c.slowdowns() >= 5, "periodic slowdowns ran: {}", c.slowdowns());
     }
