@@ -27,7 +27,11 @@
 //!   until `start_margin` from now, for at most `start_margin`; every deadline then moves
 //!   later by the wait, for the rest of the session. A newcomer whose group came in time (or a viewer present
 //!   from the start) is not shifted; one whose group came late plays up to `start_margin`
-//!   behind its target lag instead of losing its first chunks.
+//!   behind its target lag instead of losing its first chunks. If the margin runs out with
+//!   a gap about to fall due and a later keyframe is held beyond it, output starts at that
+//!   keyframe instead (`start_restarts`), with a margin of its own: nothing was output yet,
+//!   so nothing is lost, where starting with the gap would give up chunks in the first
+//!   second and show broken pictures until the next keyframe anyway.
 //! - **Order, exactly once.** Output is in strictly increasing seq order. A missing seq (a
 //!   hole) is waited for until the next chunk held after it is due; then the hole is given
 //!   up, counted in `lost_chunks` and skipped. Chunks hold whole MPEG-TS packets, so
@@ -64,6 +68,12 @@ pub const ON_TIME_SLACK_US: u64 = 20_000;
 /// While the first output waits for its keyframe group (start margin), it looks again
 /// this often if nothing arrives: 10 ms, under half a chunk.
 const START_WAIT_STEP_US: u64 = 10_000;
+
+/// When the start margin runs out with a gap in the keyframe group, output moves to a
+/// later keyframe only if the gap falls due within this: 100 ms, four 25 ms chunks. A gap
+/// due later is often filled by then (its chunk is on the way), and moving costs a
+/// keyframe interval of startup.
+const RESTART_IF_GAP_DUE_WITHIN_US: u64 = 100_000;
 
 /// Chunks kept below the first keyframe in case they are the channel's beginning: the
 /// few chunks an encoder writes before its first keyframe (64 is 1.6 s of 25 ms chunks).
@@ -171,6 +181,9 @@ pub struct PlayoutStats {
     pub skew_us: u64,
     /// How much later than `ingest + latency` chunks are due, µs: the start margin's shift.
     pub start_shift_us: u64,
+    /// Times the first output moved to a later keyframe because the margin ran out with
+    /// the start keyframe's group incomplete.
+    pub start_restarts: u64,
     /// Chunks output after startup (deadline after the first output), and of those, the
     /// ones output by their deadline plus [`ON_TIME_SLACK_US`].
     pub chunks_due_after_startup: u64,
@@ -237,6 +250,16 @@ pub struct PlayoutBuffer {
     /// Stalled time is counted up to here (stall intervals may overlap; each µs once).
     stall_counted_until_us: u64,
     stats: PlayoutStats,
+}
+
+/// What the first output does about its keyframe group (`wait_for_start_group`).
+enum StartGroup {
+    /// Output starts now.
+    Go,
+    /// Wait: the deadlines moved later.
+    Wait,
+    /// Start at this later keyframe instead.
+    RestartAt(u64),
 }
 
 /// What catch-up decides when the oldest due chunk is more than `max_behind` late.
@@ -369,9 +392,15 @@ impl PlayoutBuffer {
                     next_seq = 0;
                     continue;
                 }
-                if self.wait_for_start_group(now_us, next_seq, first_deadline_us) {
-                    // Due later now (unless the margin ran out: then output goes ahead).
-                    continue;
+                match self.wait_for_start_group(now_us, next_seq, first_deadline_us) {
+                    // Due later now.
+                    StartGroup::Wait => continue,
+                    StartGroup::RestartAt(keyframe_seq) => {
+                        self.restart_at(keyframe_seq);
+                        next_seq = keyframe_seq;
+                        continue;
+                    }
+                    StartGroup::Go => {}
                 }
             }
             // A hole before the first held chunk is given up now that the chunk is due.
@@ -384,34 +413,68 @@ impl PlayoutBuffer {
 
     /// Before the first output, with the start keyframe due at `due_us` ≤ `now_us`: unless
     /// the chunks held from it on, without a gap, are due until `start_margin` from now,
-    /// moves every deadline later (at most `start_margin` in all) and returns true: output
-    /// waits for the rest of the group.
-    fn wait_for_start_group(&mut self, now_us: u64, next_seq: u64, due_us: u64) -> bool {
+    /// moves every deadline later (at most `start_margin` in all) and waits for the rest of
+    /// the group. When the margin has run out with a gap still open, a later keyframe held
+    /// beyond the gap is a better start (see "Start margin").
+    fn wait_for_start_group(&mut self, now_us: u64, next_seq: u64, due_us: u64) -> StartGroup {
         let left_us = self.start_margin_us.saturating_sub(self.start_shift_us);
         // Only at a start keyframe a newcomer was handed (held, first in line): a viewer
         // that starts from the channel's first chunk has no group on the way.
         let at_start_keyframe =
             self.held.first_key_value().is_some_and(|(&seq, c)| seq == next_seq && c.keyframe);
-        if left_us == 0 || self.start_seq == 0 || !at_start_keyframe {
-            return false;
+        if self.start_margin_us == 0 || self.start_seq == 0 || !at_start_keyframe {
+            return StartGroup::Go;
         }
         // The chunks from the keyframe on, without a gap, must reach `start_margin` past
         // now: as a player's initial buffer, they carry output while the rest comes in.
         let horizon_us = now_us.saturating_add(self.start_margin_us);
         let mut covered_until_us = due_us;
+        let mut gap_at = None;
         for (expected, (&seq, c)) in (next_seq..).zip(self.held.range(next_seq..)) {
-            if seq != expected || covered_until_us >= horizon_us {
+            if covered_until_us >= horizon_us {
+                break;
+            }
+            if seq != expected {
+                gap_at = Some(expected);
                 break;
             }
             covered_until_us = self.deadline_us(c.ingest_us);
         }
         if covered_until_us >= horizon_us {
-            return false;
+            return StartGroup::Go;
+        }
+        if left_us == 0 {
+            // A gap about to fall due would be given up in the first moments of output (and
+            // a decoder shows broken pictures until the next keyframe); a keyframe held past
+            // the gap starts clean, and costs nothing that was ever output. A gap further
+            // off may still fill in time: output goes ahead.
+            let gap_due_soon = covered_until_us < now_us.saturating_add(RESTART_IF_GAP_DUE_WITHIN_US);
+            let later = gap_at
+                .filter(|_| gap_due_soon)
+                .and_then(|gap| self.held.range(gap..).find(|(_, c)| c.keyframe).map(|(&seq, _)| seq));
+            return match later {
+                Some(seq) => StartGroup::RestartAt(seq),
+                None => StartGroup::Go,
+            };
         }
         // Due again a step from now (any arrival polls sooner).
         let wait_us = now_us.saturating_sub(due_us).saturating_add(START_WAIT_STEP_US).min(left_us);
         self.start_shift_us += wait_us;
-        true
+        StartGroup::Wait
+    }
+
+    /// Before the first output: start at the held keyframe `seq` instead, with a margin of
+    /// its own; what is held below it is before our start.
+    fn restart_at(&mut self, seq: u64) {
+        let from = self.held.split_off(&seq);
+        let before = std::mem::replace(&mut self.held, from);
+        for (s, c) in before {
+            self.keep_stream_head(s, c);
+        }
+        self.start_seq = seq;
+        self.next_seq = Some(seq);
+        self.start_shift_us = 0;
+        self.stats.start_restarts += 1;
     }
 
     /// Before the first output: keep a chunk below the start keyframe if it may belong to

@@ -410,6 +410,46 @@ fn the_start_waits_no_longer_than_the_margin() {
     assert_eq!(s.start_shift_us, 400 * MS);
     assert_eq!(d.out[0].at_us, now + 450 * MS);
     assert_eq!(s.lost_chunks, 10);
+    // No later keyframe was held when the margin ran out, so the start stayed.
+    assert_eq!(s.start_restarts, 0);
+}
+
+#[test]
+fn a_start_whose_group_cannot_come_in_time_moves_to_the_next_keyframe_held() {
+    // The group is 10 s away, but the next keyframe, 140 (ingested 50 ms from now, due at
+    // now + 1050 ms), and its chunks come live while the margin runs out. Starting at 100
+    // would give up 101..=110 in the first half second; starting at 140 loses nothing.
+    let now = 100 * SEC;
+    let mut arrivals = newcomer(now, now + 10 * SEC);
+    let live = |i: u64| chunk(100 + i, now - 950 * MS + i * 25 * MS, i == 40);
+    arrivals.extend((40..=60).map(|i| (now - 850 * MS + i * 25 * MS, live(i))));
+    let mut d = Driver::new(PlayoutBuffer::new(with_margin(1000, 2000)), arrivals);
+    d.run_until(now + 12 * SEC);
+    assert_eq!(d.seqs(), (140..=160).collect::<Vec<_>>());
+    let s = d.buf.stats();
+    assert_eq!((s.lost_chunks, s.start_restarts, s.start_shift_us), (0, 1, 0), "{s:?}");
+    assert_eq!(s.continuity_index(), Some(1.0));
+    // 100 and 111..=120 when the start moved, 101..=110 when they came at last.
+    assert_eq!(s.chunks_before_start, 21);
+    assert_eq!(d.out[0].at_us, now + 1050 * MS);
+}
+
+#[test]
+fn a_gap_not_yet_due_when_the_margin_runs_out_keeps_the_start() {
+    // The group comes at once but for 106, which comes 560 ms later, 40 ms before its
+    // shifted deadline; keyframe 140 is held by then. When the margin runs out the gap is
+    // 150 ms off, so output starts at 100 as planned, and 106 fills in time.
+    let now = 100 * SEC;
+    let at = |i: u64| chunk(100 + i, now - 950 * MS + i * 25 * MS, i == 0 || i == 40);
+    let mut arrivals = vec![(now, at(0)), (now + 560 * MS, at(6))];
+    arrivals.extend((1..=30).filter(|&i| i != 6).map(|i| (now + 10 * MS, at(i))));
+    arrivals.extend((40..=45).map(|i| (now + 300 * MS, at(i))));
+    let mut d = Driver::new(PlayoutBuffer::new(with_margin(1000, 2000)), arrivals);
+    d.run_until(now + 3 * SEC);
+    let s = d.buf.stats();
+    assert_eq!((s.start_restarts, s.start_shift_us, s.lost_chunks), (0, 400 * MS, 9), "{s:?}");
+    // 100..=130 out, then 131..=139 never came.
+    assert_eq!(d.seqs(), (100..=130).chain(140..=145).collect::<Vec<_>>());
 }
 
 #[test]

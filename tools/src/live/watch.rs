@@ -93,6 +93,7 @@ impl PlayerSnapshot {
         m.insert("stall_ms".into(), json!(ms(p.stalled_us)));
         // How far behind the target lag the start margin put this viewer (0 for most).
         m.insert("start_shift_ms".into(), json!(ms(p.start_shift_us)));
+        m.insert("start_restarts".into(), json!(p.start_restarts));
         m.insert("http_clients".into(), json!(self.http_clients));
         m
     }
