@@ -183,6 +183,9 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
     let (mut on_time, mut due, mut lost, mut lost_after) = (0u64, 0u64, 0u64, 0u64);
     let (mut useful, mut duplicate, mut viewer_sent) = (0u64, 0u64, 0u64);
     let mut never_started = 0usize;
+    // How the newcomers' starts went (`PlayoutBuffer`'s start margin): the shift each
+    // started viewer took, and how often one moved on to a later keyframe.
+    let (mut start_shift, mut start_restarts) = (Vec::new(), 0u64);
     // CPU seconds and alive seconds per viewer host, over its runs.
     let mut cpu: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for r in runs {
@@ -195,6 +198,7 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
             (Some(b), k) => {
                 first_byte.push(b);
                 first_keyframe.extend(k);
+                start_shift.extend(s.last().get("start_shift_ms").and_then(Value::as_f64));
             }
             (None, k) => {
                 first_keyframe.extend(k);
@@ -205,6 +209,7 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
         due += s.last_u64("chunks_due_after_startup");
         lost_after += s.last_u64("lost_after_startup");
         lost += s.last_u64("lost_chunks");
+        start_restarts += s.last_u64("start_restarts");
         useful += s.last_u64("useful_payload_bytes");
         duplicate += s.last_u64("duplicate_payload_bytes");
         viewer_sent += s.last_u64("bytes_sent");
@@ -230,6 +235,8 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
         json!({ "first_byte": spread(&mut first_byte), "first_keyframe": spread(&mut first_keyframe) }),
     );
     m.insert("viewers_never_started".into(), json!(never_started));
+    m.insert("start_shift_ms".into(), spread(&mut start_shift));
+    m.insert("start_restarts".into(), json!(start_restarts));
     m.insert("continuity_index".into(), ratio(on_time as f64, (due + lost_after) as f64, 4));
     m.insert("lost_chunks".into(), json!(lost));
     m.insert("duplicate_ratio".into(), ratio(duplicate as f64, useful as f64, 3));
@@ -375,7 +382,8 @@ mod tests {
         let v = |on: u64, due: u64, lost: u64, sent: u64| {
             line(json!({"chunks_on_time": on, "chunks_due_after_startup": due, "lost_after_startup": lost,
                 "lost_chunks": lost, "bytes_sent": sent, "useful_payload_bytes": 1000, "duplicate_payload_bytes": 50,
-                "startup_ms": {"first_byte": 300.0, "first_keyframe": 250.0}}))
+                "startup_ms": {"first_byte": 300.0, "first_keyframe": 250.0},
+                "start_shift_ms": lost as f64 * 100.0, "start_restarts": lost}))
         };
         let runs = [viewer(0, false, &v(990, 995, 5, 2000)), viewer(1, false, &v(1000, 1000, 0, 0))];
         let publisher = ProcessRun {
@@ -394,6 +402,11 @@ mod tests {
         assert_eq!(m["cpu_per_node"]["publisher"], 0.2);
         assert_eq!(m["startup_ms"]["first_byte"]["max"], 300.0);
         assert_eq!(m["viewers_never_started"], 0);
+        assert_eq!(m["start_restarts"], 5);
+        assert_eq!(
+            (m["start_shift_ms"]["p50"].as_f64(), m["start_shift_ms"]["max"].as_f64()),
+            (Some(0.0), Some(500.0))
+        );
     }
 
     #[test]
