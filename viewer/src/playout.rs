@@ -70,9 +70,9 @@ pub const ON_TIME_SLACK_US: u64 = 20_000;
 const START_WAIT_STEP_US: u64 = 10_000;
 
 /// When the start margin runs out with a gap in the keyframe group, output moves to a
-/// later keyframe only if the gap falls due within this: 100 ms, four 25 ms chunks. A gap
-/// due later is often filled by then (its chunk is on the way), and moving costs a
-/// keyframe interval of startup.
+/// later keyframe only if the chunks held before the gap run out within this: 100 ms, four
+/// 25 ms chunks. A gap further off is often filled by then (its chunk is on the way), and
+/// moving costs a keyframe interval of startup.
 const RESTART_IF_GAP_DUE_WITHIN_US: u64 = 100_000;
 
 /// Chunks kept below the first keyframe in case they are the channel's beginning: the
@@ -306,16 +306,7 @@ impl PlayoutBuffer {
             return;
         }
         match self.next_seq {
-            None if chunk.keyframe => {
-                // Output starts here; what is held before it is before our start.
-                let from_start = self.held.split_off(&chunk.seq);
-                let before = std::mem::replace(&mut self.held, from_start);
-                for (seq, c) in before {
-                    self.keep_stream_head(seq, c);
-                }
-                self.start_seq = chunk.seq;
-                self.next_seq = Some(chunk.seq);
-            }
+            None if chunk.keyframe => self.start_at(chunk.seq),
             None => {}
             Some(_) if chunk.seq < self.start_seq => {
                 if self.stats.chunks_out == 0 {
@@ -396,7 +387,10 @@ impl PlayoutBuffer {
                     // Due later now.
                     StartGroup::Wait => continue,
                     StartGroup::RestartAt(keyframe_seq) => {
-                        self.restart_at(keyframe_seq);
+                        // A margin of its own for the new start.
+                        self.start_at(keyframe_seq);
+                        self.start_shift_us = 0;
+                        self.stats.start_restarts += 1;
                         next_seq = keyframe_seq;
                         continue;
                     }
@@ -463,18 +457,16 @@ impl PlayoutBuffer {
         StartGroup::Wait
     }
 
-    /// Before the first output: start at the held keyframe `seq` instead, with a margin of
-    /// its own; what is held below it is before our start.
-    fn restart_at(&mut self, seq: u64) {
-        let from = self.held.split_off(&seq);
-        let before = std::mem::replace(&mut self.held, from);
+    /// Before the first output: output will start at keyframe `seq`; what is held below
+    /// it is before our start.
+    fn start_at(&mut self, seq: u64) {
+        let from_start = self.held.split_off(&seq);
+        let before = std::mem::replace(&mut self.held, from_start);
         for (s, c) in before {
             self.keep_stream_head(s, c);
         }
         self.start_seq = seq;
         self.next_seq = Some(seq);
-        self.start_shift_us = 0;
-        self.stats.start_restarts += 1;
     }
 
     /// Before the first output: keep a chunk below the start keyframe if it may belong to

@@ -437,8 +437,9 @@ fn a_start_whose_group_cannot_come_in_time_moves_to_the_next_keyframe_held() {
 #[test]
 fn a_gap_not_yet_due_when_the_margin_runs_out_keeps_the_start() {
     // The group comes at once but for 106, which comes 560 ms later, 40 ms before its
-    // shifted deadline; keyframe 140 is held by then. When the margin runs out the gap is
-    // 150 ms off, so output starts at 100 as planned, and 106 fills in time.
+    // shifted deadline; keyframe 140 is held by then. When the margin runs out, 105 (the
+    // last chunk before the gap) is due 125 ms later, so output starts at 100 as planned,
+    // and 106 fills in time.
     let now = 100 * SEC;
     let at = |i: u64| chunk(100 + i, now - 950 * MS + i * 25 * MS, i == 0 || i == 40);
     let mut arrivals = vec![(now, at(0)), (now + 560 * MS, at(6))];

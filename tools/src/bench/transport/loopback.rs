@@ -12,11 +12,11 @@
 //! over `aead_cpu_mbps` (the AEAD figure per CPU second of its thread, so that preemption
 //! on a shared machine cancels out): the ceiling of `vs_aead` with a core per side.
 //!
-//! `ceiling_vs_aead` bounds `vs_aead` by what lies under the transport: the same run measures the
-//! default socket path alone (sendmmsg+GSO into recvmmsg+GRO, full-size datagrams, no
-//! endpoint) and reports `seal_ns` (one packet's seal) and `socket_send_ns` (the sender's
-//! kernel cost per datagram); a sender doing nothing but those two reaches at most
-//! `seal_ns / (seal_ns + socket_send_ns)` of `aead_mbps`.
+//! `ceiling_vs_aead` bounds `vs_aead` by what lies under the transport: the same run
+//! measures the default socket path alone (sendmmsg+GSO into recvmmsg+GRO, full-size
+//! datagrams, no endpoint) and reports `seal_ns` (one packet's seal) and `socket_send_ns`
+//! (the sender's kernel cost per datagram); a sender doing nothing but those two reaches
+//! at most `seal_ns / (seal_ns + socket_send_ns)` of `aead_mbps`.
 //!
 //! The same session runs once per socket I/O path the driver knows, in one run, so the
 //! rows compare like with like on a shared machine: `gso+gro` (the default), `gso`
