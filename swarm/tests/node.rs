@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use rill_swarm::chunk::{ChannelId, ChannelKey, Chunk, Ed25519Verifier};
-use rill_swarm::message::{Message, PeerInfo};
+use rill_swarm::message::{Have, Message, PeerInfo};
 use rill_swarm::node::{Node, NodeConfig, NodeEvent, Role};
 use rill_swarm::NodeId;
 
@@ -472,4 +472,37 @@ fn a_crashed_childs_slot_is_freed_within_seconds() {
         assert!(!s.nodes[&publisher].children(st).contains(&child), "stripe {st} still holds it");
     }
     assert!(s.nodes[&publisher].stats().children_dropped_silent >= 1);
+}
+
+#[test]
+fn a_neighbour_further_ahead_is_pulled_from_only_when_the_tree_falls_far_behind() {
+    // Neighbours sit at other depths of the trees, so their summaries often name chunks our
+    // parents have not passed down yet. Those come by the tree on its cadence; pulling them
+    // as well only doubles the bytes. Only a chunk named for `AHEAD_PULL_AFTER` (300 ms)
+    // that the tree still has not brought is pulled.
+    let mut s = Swarm::grown(7, 6, 6000, Duration::ZERO, Duration::from_secs(3));
+    let target = id(1);
+    let before = s.nodes[&target].stats();
+    assert_eq!(before.pulls_sent, 0, "{before:?}");
+    let neighbour = s.nodes[&target].mesh_peers()[0];
+    // The neighbour names sixteen chunks (four stripe periods, 800 ms) beyond the newest
+    // published, as a tree that far behind would see it, and keeps naming them (its real
+    // summaries would take them back).
+    let ahead = Have { latest: s.next_seq + 16, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    let first_unpublished = s.next_seq;
+    let mut pulls_by_ms = Vec::new();
+    for _ in 0..9 {
+        s.inject(neighbour, target, Message::Have(ahead));
+        s.run_for(Duration::from_millis(50));
+        pulls_by_ms.push(s.nodes[&target].stats().pulls_sent);
+    }
+    // Housekeeping ticks after the summary came, and the next chunks' arrival: no pull
+    // by 250 ms; 300 ms after the first summary came, what the tree has not brought is
+    // asked for.
+    assert_eq!(pulls_by_ms[4], 0, "{pulls_by_ms:?}");
+    assert!(pulls_by_ms[8] > 0, "{pulls_by_ms:?}");
+    s.run_for(Duration::from_millis(300));
+    let after = s.nodes[&target].stats();
+    assert_eq!(s.missing(&target, first_unpublished..s.next_seq - 4), Vec::<u64>::new());
+    assert_eq!(after.duplicate_payload_bytes, before.duplicate_payload_bytes);
 }
