@@ -557,6 +557,14 @@ impl Node {
         self.directory.insert(info.id, info);
     }
 
+    /// Whether a third node can reach `info` at the address it carries. The driver blanks
+    /// the address of a peer whose packets come from another IP than the one it names
+    /// (behind NAT): only the session that peer opened reaches it, so it is never passed
+    /// on, and one passed to us is not kept (a subscribe to it costs a whole timeout).
+    fn reachable(info: &PeerInfo) -> bool {
+        !info.addr.ip().is_unspecified() && info.addr.port() != 0
+    }
+
     /// A peer we have a tree or mesh relation with.
     fn is_attached(&self, id: &NodeId) -> bool {
         self.mesh.contains_key(id)
@@ -614,7 +622,7 @@ impl Node {
         match message {
             Message::Hello { info } => self.on_hello(now, from, info),
             Message::Peers { peers } => {
-                for p in peers.into_iter().take(MAX_PEERS_PER_MESSAGE) {
+                for p in peers.into_iter().take(MAX_PEERS_PER_MESSAGE).filter(Node::reachable) {
                     self.learn(p);
                     self.add_passive(p.id);
                 }
@@ -700,7 +708,7 @@ impl Node {
             }
             let id = pool[self.rng.next_u32() as usize % pool.len()];
             if seen.insert(id) {
-                if let Some(info) = self.directory.get(&id) {
+                if let Some(info) = self.directory.get(&id).filter(|i| Node::reachable(i)) {
                     picked.push(*info);
                 }
             }
@@ -857,7 +865,7 @@ impl Node {
             .iter()
             .filter(|c| **c != except)
             .filter_map(|c| self.directory.get(c).copied())
-            .filter(|i| self.is_interior_peer(i, stripe))
+            .filter(|i| Node::reachable(i) && self.is_interior_peer(i, stripe))
             .collect();
         // Random order: walkers sent down the same strongest child would all descend the
         // same full path; spread over the children they find free slots sooner.
@@ -872,7 +880,11 @@ impl Node {
                 .chain(self.passive.iter())
                 .filter(|id| **id != except)
                 .filter_map(|id| self.directory.get(id).copied())
-                .filter(|i| self.is_interior_peer(i, stripe) && !out.iter().any(|o| o.id == i.id))
+                .filter(|i| {
+                    Node::reachable(i)
+                        && self.is_interior_peer(i, stripe)
+                        && !out.iter().any(|o| o.id == i.id)
+                })
                 .collect();
             more.sort_by_key(|i| std::cmp::Reverse(i.upload_kbps));
             out.extend(more);
@@ -908,6 +920,7 @@ impl Node {
         if stripe >= self.k() {
             return;
         }
+        let candidates: Vec<PeerInfo> = candidates.into_iter().filter(Node::reachable).collect();
         for c in &candidates {
             self.learn(*c);
         }

@@ -57,6 +57,8 @@ struct Swarm {
     publisher: NodeId,
     dead: BTreeSet<NodeId>,
     joined_at: BTreeMap<NodeId, Instant>,
+    /// Every peer named in a `Peers` or `Redirect` message, by whom.
+    passed_on: Vec<(NodeId, PeerInfo)>,
 }
 
 impl Swarm {
@@ -81,6 +83,7 @@ impl Swarm {
             publisher: id(0),
             dead: BTreeSet::new(),
             joined_at: BTreeMap::new(),
+            passed_on: Vec::new(),
         };
         let p = info(0, 20_000, false);
         s.add(p, Role::Publisher, 20_000, Vec::new());
@@ -142,6 +145,12 @@ impl Swarm {
             events.push(e);
         }
         for t in out {
+            match &t.message {
+                Message::Peers { peers: named } | Message::Redirect { candidates: named, .. } => {
+                    self.passed_on.extend(named.iter().map(|p| (from, *p)));
+                }
+                _ => {}
+            }
             self.wire_seq += 1;
             let at = self.now + Swarm::delay(&from, &t.to.id);
             self.wire.insert((at, self.wire_seq), (from, t.to.id, t.message));
@@ -505,4 +514,30 @@ fn a_neighbour_further_ahead_is_pulled_from_only_when_the_tree_falls_far_behind(
     let after = s.nodes[&target].stats();
     assert_eq!(s.missing(&target, first_unpublished..s.next_seq - 4), Vec::<u64>::new());
     assert_eq!(after.duplicate_payload_bytes, before.duplicate_payload_bytes);
+}
+
+#[test]
+fn a_peer_reachable_only_by_its_own_session_is_never_passed_on() {
+    // Behind NAT a viewer names its private address; the driver blanks it, since only the
+    // session the viewer opened reaches it. Passed on, it would cost every node that tried
+    // it a subscribe timeout.
+    let mut s = Swarm::new(8);
+    let natted = PeerInfo { addr: "0.0.0.0:0".parse().unwrap(), ..info(3, 6000, false) };
+    for i in 1..=12 {
+        if i == 3 {
+            let p = s.infos[&s.publisher];
+            s.add(natted, Role::Viewer, 6000, vec![p]);
+        } else {
+            s.add_viewer(i, 6000);
+        }
+        s.run_for(Duration::from_millis(20));
+    }
+    s.run_for(Duration::from_secs(3));
+    assert!(s.passed_on.len() > 20, "peer exchange and redirects happened: {}", s.passed_on.len());
+    let leaks: Vec<NodeId> =
+        s.passed_on.iter().filter(|(_, p)| p.id == natted.id).map(|(by, _)| *by).collect();
+    assert_eq!(leaks, Vec::<NodeId>::new());
+    // It still gets the stream over the sessions it opened.
+    let from = s.next_seq - 40;
+    assert_eq!(s.missing(&natted.id, from..s.next_seq - 4), Vec::<u64>::new());
 }

@@ -423,15 +423,8 @@ impl LiveNode {
                 match Message::decode_bytes(data) {
                     Ok(mut message) => {
                         if let Message::Hello { info } = &mut message {
-                            // A node bound to a wildcard address names no IP: use the one
-                            // its packets come from.
-                            if info.addr.ip().is_unspecified() {
-                                if let Some(remote) =
-                                    self.endpoint.session_stats(session).and_then(|s| s.remote)
-                                {
-                                    info.addr.set_ip(remote.ip());
-                                }
-                            }
+                            let remote = self.endpoint.session_stats(session).and_then(|s| s.remote);
+                            info.addr = reachable_addr(info.addr, remote);
                         }
                         self.swarm.handle_message(now, from, message);
                     }
@@ -590,6 +583,28 @@ async fn recv_or_pending(input: &mut Option<mpsc::Receiver<Chunk>>) -> Option<Ch
     }
 }
 
+/// The address at which others can reach a peer that said hello on a session whose
+/// packets come from `observed`:
+/// - a peer bound to a wildcard address names no IP: the one its packets come from;
+/// - a peer whose packets come from another IP than the one it names is behind a NAT (it
+///   names its private address) or sends through another interface: only the session it
+///   opened reaches it, so its address is blanked (unspecified IP, port 0), which keeps it
+///   out of peer exchange and redirects. Home routers and nftables masquerade drop what
+///   comes in from anyone the inside has not sent to, so even the observed address would
+///   not do for a third node (`rill testbed swarm --nat`).
+/// - Over loopback a peer on this host names its outward address: kept.
+fn reachable_addr(named: SocketAddr, observed: Option<SocketAddr>) -> SocketAddr {
+    let Some(observed) = observed else { return named };
+    let observed_ip = observed.ip().to_canonical();
+    if named.ip().is_unspecified() {
+        SocketAddr::new(observed_ip, named.port())
+    } else if named.ip().to_canonical() != observed_ip && !observed_ip.is_loopback() {
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
+    } else {
+        named
+    }
+}
+
 /// The address to tell peers: the bound one, or for a wildcard bind the address of the
 /// interface that routes outward (found by `connect` on a UDP socket, which sends nothing),
 /// else loopback.
@@ -626,6 +641,31 @@ mod tests {
             payload,
             signature: [9; 64],
         }
+    }
+
+    #[test]
+    fn a_peer_is_shared_only_at_an_address_its_packets_come_from() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let blank = a("0.0.0.0:0");
+        // Public: the address it names is where its packets come from.
+        assert_eq!(
+            reachable_addr(a("198.51.100.7:7000"), Some(a("198.51.100.7:7000"))),
+            a("198.51.100.7:7000")
+        );
+        // Wildcard bind: the IP its packets come from, the port it names.
+        assert_eq!(reachable_addr(a("0.0.0.0:7000"), Some(a("198.51.100.7:41000"))), a("198.51.100.7:7000"));
+        // Behind NAT: it names its private address; only its own session reaches it.
+        assert_eq!(reachable_addr(a("10.1.0.2:7000"), Some(a("203.0.113.9:7000"))), blank);
+        assert_eq!(reachable_addr(a("10.1.0.2:7000"), Some(a("203.0.113.9:1024"))), blank);
+        // A dual-stack socket sees IPv4 peers as IPv4-mapped IPv6.
+        assert_eq!(
+            reachable_addr(a("198.51.100.7:7000"), Some(a("[::ffff:198.51.100.7]:7000"))),
+            a("198.51.100.7:7000")
+        );
+        // On this host, over loopback: as named.
+        assert_eq!(reachable_addr(a("172.17.0.2:7000"), Some(a("127.0.0.1:7000"))), a("172.17.0.2:7000"));
+        // No session figures (yet): as named.
+        assert_eq!(reachable_addr(a("10.1.0.2:7000"), None), a("10.1.0.2:7000"));
     }
 
     #[test]
