@@ -4,7 +4,7 @@
 //! message = type:u8 fields
 //!   0x01 Hello        peer
 //!   0x02 Peers        count:v peer*count                       count ≤ MAX_PEERS_PER_MESSAGE
-//!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1) resume_from:v
+//!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1) resume_from:v peer
 //!   0x04 Accept       stripe:u8
 //!   0x05 Redirect     stripe:u8 count:v peer*count             count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x06 Unsubscribe  stripe:u8
@@ -72,6 +72,10 @@ pub enum Message {
         /// the chunks a dead parent left undelivered come with the new subscription
         /// instead of one pull at a time. Ignored when `starting`.
         resume_from: u64,
+        /// The subscriber, as in `Hello`: a walk subscribes to nodes that never had its
+        /// hello, and a parent needs its address to pass it on (a leaf it displaces is
+        /// redirected to it) and its upload to place it.
+        info: PeerInfo,
     },
     /// The receiver is now a child of the sender in `stripe`.
     Accept { stripe: u8 },
@@ -164,7 +168,7 @@ impl Message {
         1 + match self {
             Message::Hello { info } => peer_len(info),
             Message::Peers { peers } => peers_len(peers),
-            Message::Subscribe { resume_from, .. } => 2 + varint_len(*resume_from),
+            Message::Subscribe { resume_from, info, .. } => 2 + varint_len(*resume_from) + peer_len(info),
             Message::Accept { .. } | Message::Unsubscribe { .. } => 1,
             Message::Redirect { candidates, .. } => 1 + peers_len(candidates),
             Message::Have(have) => varint_len(have.latest) + 10,
@@ -193,9 +197,10 @@ impl Message {
                 out.push(TYPE_PEERS);
                 put_peers(out, peers);
             }
-            Message::Subscribe { stripe, starting, resume_from } => {
+            Message::Subscribe { stripe, starting, resume_from, info } => {
                 out.extend_from_slice(&[TYPE_SUBSCRIBE, *stripe, u8::from(*starting)]);
                 put_varint(out, *resume_from);
+                put_peer(out, info);
             }
             Message::Accept { stripe } => out.extend_from_slice(&[TYPE_ACCEPT, *stripe]),
             Message::Redirect { stripe, candidates } => {
@@ -250,7 +255,12 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
                 1 => true,
                 other => return Err(MessageError::StartingFlag(other)),
             };
-            Message::Subscribe { stripe, starting, resume_from: read_varint(&mut r)? }
+            Message::Subscribe {
+                stripe,
+                starting,
+                resume_from: read_varint(&mut r)?,
+                info: read_peer(&mut r)?,
+            }
         }
         TYPE_ACCEPT => Message::Accept { stripe: read_u8(&mut r)? },
         TYPE_REDIRECT => {
@@ -407,8 +417,8 @@ mod tests {
             Message::Hello { info: peer(1) },
             Message::Peers { peers: (0..MAX_PEERS_PER_MESSAGE as u8).map(peer).collect() },
             Message::Peers { peers: vec![] },
-            Message::Subscribe { stripe: 3, starting: true, resume_from: 0 },
-            Message::Subscribe { stripe: 1, starting: false, resume_from: 1_000_000 },
+            Message::Subscribe { stripe: 3, starting: true, resume_from: 0, info: peer(2) },
+            Message::Subscribe { stripe: 1, starting: false, resume_from: 1_000_000, info: peer(3) },
             Message::Accept { stripe: 0 },
             Message::Redirect { stripe: 2, candidates: vec![peer(4), peer(5)] },
             Message::Unsubscribe { stripe: 255 },
@@ -451,9 +461,11 @@ mod tests {
         let request = Message::Request { seqs: vec![1, 64, 1 << 30] };
         assert_eq!(encode(&request), [TYPE_REQUEST, 3, 1, 0x40, 64, 0xc0, 0, 0, 0, 0x40, 0, 0, 0]);
         assert_eq!(encode(&Message::Leave), [TYPE_LEAVE]);
+        let mut expected = vec![TYPE_SUBSCRIBE, 9, 1, 0];
+        expected.extend_from_slice(&encode(&Message::Hello { info: v6 })[1..]);
         assert_eq!(
-            encode(&Message::Subscribe { stripe: 9, starting: true, resume_from: 0 }),
-            [TYPE_SUBSCRIBE, 9, 1, 0]
+            encode(&Message::Subscribe { stripe: 9, starting: true, resume_from: 0, info: v6 }),
+            expected
         );
 
         let c = chunk(2);
@@ -618,9 +630,14 @@ mod tests {
         prop_oneof![
             arb_peer().prop_map(|info| Message::Hello { info }),
             peers().prop_map(|peers| Message::Peers { peers }),
-            (any::<u8>(), any::<bool>(), seq.clone()).prop_map(|(stripe, starting, resume_from)| {
-                Message::Subscribe { stripe, starting, resume_from }
-            }),
+            (any::<u8>(), any::<bool>(), seq.clone(), arb_peer()).prop_map(
+                |(stripe, starting, resume_from, info)| Message::Subscribe {
+                    stripe,
+                    starting,
+                    resume_from,
+                    info
+                }
+            ),
             any::<u8>().prop_map(|stripe| Message::Accept { stripe }),
             (any::<u8>(), peers()).prop_map(|(stripe, candidates)| Message::Redirect { stripe, candidates }),
             any::<u8>().prop_map(|stripe| Message::Unsubscribe { stripe }),

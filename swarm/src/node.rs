@@ -627,7 +627,10 @@ impl Node {
                     self.add_passive(p.id);
                 }
             }
-            Message::Subscribe { stripe, starting, resume_from } => {
+            Message::Subscribe { stripe, starting, resume_from, info } => {
+                if info.id == from {
+                    self.learn(info);
+                }
                 self.on_subscribe(now, from, stripe as usize, starting, resume_from)
             }
             Message::Accept { stripe } => self.on_accept(now, from, stripe as usize),
@@ -757,9 +760,10 @@ impl Node {
         // Full. An interior newcomer (one that will forward this stripe) takes the place
         // of a leaf child (SplitStream's push-down: leaves must not hold slots near the
         // root), or of an interior child with far less upload (capacity-ordered trees).
-        // The displaced child is redirected to the newcomer, one level down.
+        // The displaced child is redirected to the newcomer, one level down, so the
+        // newcomer must be reachable by others (not only over its own session).
         let newcomer = self.info_of(from);
-        if cap > 0 && self.is_interior_peer(&newcomer, stripe) {
+        if cap > 0 && Node::reachable(&newcomer) && self.is_interior_peer(&newcomer, stripe) {
             let displaced = self.stripes[stripe]
                 .children
                 .iter()
@@ -1262,6 +1266,7 @@ impl Node {
             stripe: stripe as u8,
             starting: latest.is_none(),
             resume_from: latest.map_or(0, |l| l.saturating_add(self.k() as u64)),
+            info: self.me,
         };
         self.send(to, message, Class::Control);
     }

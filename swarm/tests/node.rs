@@ -541,3 +541,17 @@ fn a_peer_reachable_only_by_its_own_session_is_never_passed_on() {
     let from = s.next_seq - 40;
     assert_eq!(s.missing(&natted.id, from..s.next_seq - 4), Vec::<u64>::new());
 }
+
+#[test]
+fn a_walker_is_passed_on_with_its_own_address_and_upload() {
+    // A walk subscribes to nodes that never had the walker's hello. When such a parent
+    // gives the walker the slot of a leaf and redirects the leaf to it, the leaf must be
+    // told where the walker is and what it can carry.
+    let s = Swarm::grown(9, 40, 3000, Duration::from_millis(20), Duration::from_secs(2));
+    // Redirects and peer exchange alike.
+    let redirects: Vec<PeerInfo> = s.passed_on.iter().map(|(_, p)| *p).collect();
+    assert!(redirects.len() > 40, "{}", redirects.len());
+    for p in redirects {
+        assert_eq!(Some(&p), s.infos.get(&p.id), "passed on as {p:?}");
+    }
+}

@@ -422,7 +422,7 @@ impl LiveNode {
                 };
                 match Message::decode_bytes(data) {
                     Ok(mut message) => {
-                        if let Message::Hello { info } = &mut message {
+                        if let Message::Hello { info } | Message::Subscribe { info, .. } = &mut message {
                             let remote = self.endpoint.session_stats(session).and_then(|s| s.remote);
                             info.addr = reachable_addr(info.addr, remote);
                         }
