@@ -642,17 +642,15 @@ impl Node {
             }
             Message::Unsubscribe { stripe } => self.on_unsubscribe(now, from, stripe as usize),
             Message::Have(have) => {
-                if self.mesh.contains_key(&from)
-                    && self.first_named.back().is_none_or(|(l, _)| have.latest > *l)
-                {
-                    if self.first_named.len() >= HAVE_WINDOW as usize {
-                        self.first_named.pop_front();
-                    }
-                    self.first_named.push_back((have.latest, now));
-                }
                 if let Some(m) = self.mesh.get_mut(&from) {
                     m.have = have;
                     m.heard = now;
+                    if self.first_named.back().is_none_or(|(l, _)| have.latest > *l) {
+                        if self.first_named.len() >= HAVE_WINDOW as usize {
+                            self.first_named.pop_front();
+                        }
+                        self.first_named.push_back((have.latest, now));
+                    }
                     if have.spare_home > 0 || have.spare_lend > 0 {
                         for s in 0..self.k() {
                             self.find_parent(now, s);

@@ -583,16 +583,16 @@ async fn recv_or_pending(input: &mut Option<mpsc::Receiver<Chunk>>) -> Option<Ch
     }
 }
 
-/// The address at which others can reach a peer that said hello on a session whose
-/// packets come from `observed`:
+/// The address at which others can reach a peer that named `named` (in a hello or a
+/// subscribe) on a session whose packets come from `observed`:
 /// - a peer bound to a wildcard address names no IP: the one its packets come from;
 /// - a peer whose packets come from another IP than the one it names is behind a NAT (it
 ///   names its private address) or sends through another interface: only the session it
 ///   opened reaches it, so its address is blanked (unspecified IP, port 0), which keeps it
 ///   out of peer exchange and redirects. Home routers and nftables masquerade drop what
 ///   comes in from anyone the inside has not sent to, so even the observed address would
-///   not do for a third node (`rill testbed swarm --nat`).
-/// - Over loopback a peer on this host names its outward address: kept.
+///   not do for a third node (`rill testbed swarm --nat`);
+/// - a peer on this host, over loopback, names its outward address: kept.
 fn reachable_addr(named: SocketAddr, observed: Option<SocketAddr>) -> SocketAddr {
     let Some(observed) = observed else { return named };
     let observed_ip = observed.ip().to_canonical();
