@@ -23,11 +23,14 @@
 //!   children as repair too, behind their live chunks.
 //! - **Parent failure**: a parent that sends nothing in its stripe while the stream goes on
 //!   (newer chunks arrive, or mesh neighbours advertise them) is dropped, remembered as
-//!   silent for a while (not asked again, not pulled from) and replaced. The new parent
+//!   silent for a while (not asked again, not pulled from) and replaced, unless its
+//!   summaries (parents send them to their children) show it alive and itself waiting for
+//!   the stripe: then its own search is given time, so that a departure re-parents the
+//!   dead node's children and not its whole subtree. The new parent
 //!   sends the few chunks of the stripe the child lacks (`Subscribe::resume_from`); the
 //!   rest are pulled meanwhile, from the publisher or a relay when a newcomer's mesh is too
 //!   small to have them. The other way round, children send their parents their summaries,
-//!   and a parent drops a child it has not heard from for a few seconds, so a crashed
+//!   and a parent drops a child it has not heard from for a second, so a crashed
 //!   child's slot goes to an orphan at once rather than after the transport's idle timeout.
 //! - **Fast join**: a parent sends a new child the latest keyframe chunk at once, so a
 //!   newcomer can start decoding after one round trip, and then its stripe's chunks of that
@@ -183,13 +186,30 @@ const SILENT_FOR: Duration = Duration::from_secs(30);
 /// retransmits, so this is several lost in a row.
 const MESH_SILENCE: Duration = Duration::from_millis(2000);
 /// A child we heard nothing from for this long is dropped and its slot freed. Children
-/// send their parents the same summaries as mesh neighbours (every 300 ms, Control), so
-/// this is ten lost in a row. Without it a crashed child held its slot until the
-/// transport's idle timeout (30 s): in `rill sim scenarios/issue-10k-churn.toml` the
-/// publisher's slots of one stripe were all held by departed children from 47 s on, no
-/// one could reach the top of that stripe's tree, and 7,003 of 7,073 viewers lost that
-/// stripe to the end of the run (`continuity_index` 0.867).
-const CHILD_SILENCE: Duration = Duration::from_millis(3000);
+/// send their parents the same summaries as mesh neighbours (every 300 ms, Control, which
+/// the transport retransmits), so this is three lost in a row. Without it a crashed child
+/// held its slot until the transport's idle timeout (30 s): in `rill sim
+/// scenarios/issue-10k-churn.toml` the publisher's slots of one stripe were all held by
+/// departed children from 47 s on, no one could reach the top of that stripe's tree, and
+/// 7,003 of 7,073 viewers lost that stripe to the end of the run (`continuity_index`
+/// 0.867). At 3 s, departed children went on taking their stripe's chunks from our uplink
+/// for seconds after a mass departure (2,000 viewers, the same churn: `continuity_index`
+/// 0.9965 at 1.5 s, 0.9967 at 1 s).
+const CHILD_SILENCE: Duration = Duration::from_millis(1000);
+/// A peer whose last summary came within this (one and a half summary periods) is taken as
+/// alive when we pick a parent or name redirect targets: after a mass departure, a third
+/// of the walks and of the subscribes to neighbours that advertised room went to nodes
+/// already gone, each costing a subscribe timeout (500 ms) while the stripe had no parent.
+const HEARD_WITHIN: Duration = Duration::from_millis(450);
+/// How long a parent that lost its own feed is kept, counted from its last chunk. Its
+/// summaries (parents send them to their children too) show it alive but holding nothing
+/// of the stripe newer than what it sent: it is finding a new parent, whose resume then
+/// flows on through it. Its whole subtree notices the silence when it does; without this
+/// they all dropped their live parents and walked from the roots together, flooding the
+/// publisher's uplink with redirects (`rill sim` of `scenarios/issue-10k-churn.toml` with
+/// 2,000 viewers: in the 3 s after the mass departure 1,690 dead and 1,510 live parents
+/// were dropped; with this, 52 live ones. 1 s and 2 s did as well as 1.5 s).
+const STARVING_PATIENCE: Duration = Duration::from_millis(1500);
 /// Chunks of its stripe a new parent sends a child that changed parents: what a dead
 /// parent leaves undelivered between its last chunk and the child's re-subscription
 /// (parent timeout plus a round trip), and no more, so that re-parenting never becomes a
@@ -247,6 +267,8 @@ struct Parent {
     /// Newest sequence number the parent has delivered to us (or, before its first chunk,
     /// the newest we held when it took us): pulls must not hide a silent parent.
     mark: Option<u64>,
+    /// When the parent's last summary came, and what it said.
+    have: Option<(Instant, Have)>,
 }
 
 impl StripeState {
@@ -642,6 +664,11 @@ impl Node {
             }
             Message::Unsubscribe { stripe } => self.on_unsubscribe(now, from, stripe as usize),
             Message::Have(have) => {
+                for st in &mut self.stripes {
+                    if let Some(p) = st.parent.as_mut().filter(|p| p.id == from) {
+                        p.have = Some((now, have));
+                    }
+                }
                 if let Some(m) = self.mesh.get_mut(&from) {
                     m.have = have;
                     m.heard = now;
@@ -748,7 +775,7 @@ impl Node {
                 .find_map(|(s, st)| st.children.iter().next().map(|c| (s, *c)))
             {
                 self.stripes[lent_stripe].children.remove(&borrower);
-                let candidates = self.redirect_candidates(lent_stripe, borrower);
+                let candidates = self.redirect_candidates(now, lent_stripe, borrower);
                 self.send(
                     borrower,
                     Message::Redirect { stripe: lent_stripe as u8, candidates },
@@ -784,14 +811,15 @@ impl Node {
                 self.stripes[stripe].children.remove(&victim);
                 self.adopt(now, from, stripe, starting, resume_from);
                 let mut candidates = vec![newcomer];
-                candidates
-                    .extend(self.redirect_candidates(stripe, victim).into_iter().filter(|c| c.id != from));
+                candidates.extend(
+                    self.redirect_candidates(now, stripe, victim).into_iter().filter(|c| c.id != from),
+                );
                 candidates.truncate(MAX_PEERS_PER_MESSAGE);
                 self.send(victim, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
                 return;
             }
         }
-        let candidates = self.redirect_candidates(stripe, from);
+        let candidates = self.redirect_candidates(now, stripe, from);
         self.send(from, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
     }
 
@@ -864,11 +892,17 @@ impl Node {
 
     /// Where to send a subscriber we cannot take: our interior children in the stripe
     /// (they sit one level below us), then interior peers we know, strongest first.
-    fn redirect_candidates(&mut self, stripe: usize, except: NodeId) -> Vec<PeerInfo> {
+    fn redirect_candidates(&mut self, now: Instant, stripe: usize, except: NodeId) -> Vec<PeerInfo> {
         let mut out: Vec<PeerInfo> = self.stripes[stripe]
             .children
             .iter()
-            .filter(|c| **c != except)
+            .filter(|c| {
+                **c != except
+                    && self
+                        .children_heard
+                        .get(c)
+                        .is_some_and(|at| now.saturating_duration_since(*at) < HEARD_WITHIN)
+            })
             .filter_map(|c| self.directory.get(c).copied())
             .filter(|i| Node::reachable(i) && self.is_interior_peer(i, stripe))
             .collect();
@@ -912,7 +946,7 @@ impl Node {
             }
             let mark = self.buffer.keys().next_back().copied();
             let st = &mut self.stripes[stripe];
-            st.parent = Some(Parent { id: from, since: now, last_chunk: None, mark });
+            st.parent = Some(Parent { id: from, since: now, last_chunk: None, mark, have: None });
             st.candidates.clear();
             st.tried.clear();
         } else if self.stripes[stripe].parent.is_none_or(|p| p.id != from) {
@@ -1152,6 +1186,7 @@ impl Node {
             .iter()
             .filter(|(id, m)| {
                 !self.stripes[stripe].tried.contains(id)
+                    && now.saturating_duration_since(m.heard) < HEARD_WITHIN
                     && !self.is_silent(now, id)
                     && !self.stripes[stripe].children.contains(id)
                     && if Node::home_stripe(id, self.config.stripes) == stripe {
@@ -1201,9 +1236,13 @@ impl Node {
             let mut pool: Vec<NodeId> = Vec::new();
             let mut others: Vec<NodeId> = Vec::new();
             if !interior {
+                // Mesh neighbours heard from lately, and passive peers (never heard from,
+                // so never known to be gone).
                 let mut known: Vec<PeerInfo> = self
                     .mesh
-                    .keys()
+                    .iter()
+                    .filter(|(_, m)| now.saturating_duration_since(m.heard) < HEARD_WITHIN)
+                    .map(|(id, _)| id)
                     .chain(self.passive.iter())
                     .filter_map(|id| self.directory.get(id).copied())
                     .filter(|i| !i.relay)
@@ -1284,6 +1323,21 @@ impl Node {
         (self.config.chunk_duration * self.k() as u32 * 4).max(Duration::from_millis(300))
     }
 
+    /// Whether `parent` of `stripe` is alive but has nothing to send: a summary of its came
+    /// after its last chunk to us, recently, and names no chunk of the stripe newer than
+    /// what it sent us. (A parent that holds newer chunks and does not send them is slow,
+    /// and one that sends no summaries either is gone.)
+    fn starving(&self, now: Instant, stripe: usize, parent: &Parent, quiet_since: Instant) -> bool {
+        let k = self.k() as u64;
+        parent.have.is_some_and(|(at, have)| {
+            at > quiet_since
+                && now.saturating_duration_since(at) < HEARD_WITHIN
+                && !(parent.mark.map_or(0, |m| m + 1)..=have.latest)
+                    .filter(|seq| seq % k == stripe as u64)
+                    .any(|seq| Node::peer_has(&have, seq))
+        })
+    }
+
     fn check_parents(&mut self, now: Instant) {
         // The newest chunk we know exists: held, or advertised by a mesh neighbour. A
         // neighbour's summary matters when one parent fed every stripe (a relay): if it
@@ -1311,7 +1365,9 @@ impl Node {
                     (Some(_), None) => true,
                     _ => false,
                 };
-                if stripe_behind && now.saturating_duration_since(quiet_since) >= self.parent_timeout() {
+                let quiet = now.saturating_duration_since(quiet_since);
+                let patient = quiet < STARVING_PATIENCE && self.starving(now, s, &parent, quiet_since);
+                if stripe_behind && quiet >= self.parent_timeout() && !patient {
                     self.note_silent(now, parent.id);
                     self.send(parent.id, Message::Unsubscribe { stripe: s as u8 }, Class::Control);
                     self.stripes[s].parent = None;
@@ -1515,11 +1571,13 @@ impl Node {
         self.maintain_mesh(now);
         self.repair(now);
         if self.ticks % HAVE_EVERY_TICKS == 0 {
-            // To mesh neighbours, who pull by them, and to parents, who take them as a
-            // sign of life (see `check_children`).
+            // To mesh neighbours, who pull by them, to parents, who take them as a sign of
+            // life (see `check_children`), and to children, who tell by them a parent that
+            // lost its own feed from a dead one (see `STARVING_PATIENCE`).
             let have = self.have();
             let mut to: BTreeSet<NodeId> = self.mesh.keys().copied().collect();
             to.extend(self.stripes.iter().filter_map(|s| s.parent.map(|p| p.id)));
+            to.extend(self.stripes.iter().flat_map(|s| s.children.iter().copied()));
             for id in to {
                 self.send(id, Message::Have(have), Class::Control);
             }

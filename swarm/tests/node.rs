@@ -59,6 +59,10 @@ struct Swarm {
     joined_at: BTreeMap<NodeId, Instant>,
     /// Every peer named in a `Peers` or `Redirect` message, by whom.
     passed_on: Vec<(NodeId, PeerInfo)>,
+    /// Every peer named in a `Redirect`, by whom.
+    redirected_to: Vec<(NodeId, PeerInfo)>,
+    /// Nodes that get no chunks until the given time (their feed stalled upstream).
+    starved_until: BTreeMap<NodeId, Instant>,
 }
 
 impl Swarm {
@@ -84,6 +88,8 @@ impl Swarm {
             dead: BTreeSet::new(),
             joined_at: BTreeMap::new(),
             passed_on: Vec::new(),
+            redirected_to: Vec::new(),
+            starved_until: BTreeMap::new(),
         };
         let p = info(0, 20_000, false);
         s.add(p, Role::Publisher, 20_000, Vec::new());
@@ -151,6 +157,9 @@ impl Swarm {
                 }
                 _ => {}
             }
+            if let Message::Redirect { candidates, .. } = &t.message {
+                self.redirected_to.extend(candidates.iter().map(|p| (from, *p)));
+            }
             self.wire_seq += 1;
             let at = self.now + Swarm::delay(&from, &t.to.id);
             self.wire.insert((at, self.wire_seq), (from, t.to.id, t.message));
@@ -206,6 +215,11 @@ impl Swarm {
                 }
                 let (from, to, msg) = e.remove();
                 if self.dead.contains(&to) {
+                    continue;
+                }
+                if matches!(msg, Message::Chunk { .. })
+                    && self.starved_until.get(&to).is_some_and(|t| self.now < *t)
+                {
                     continue;
                 }
                 if let Some(n) = self.nodes.get_mut(&to) {
@@ -476,7 +490,7 @@ fn a_crashed_childs_slot_is_freed_within_seconds() {
     s.run_for(Duration::from_secs(4));
     assert!(s.nodes[&publisher].children(stripe).contains(&child));
     s.kill(child);
-    s.run_for(Duration::from_millis(3500));
+    s.run_for(Duration::from_millis(1500));
     for st in 0..STRIPES as usize {
         assert!(!s.nodes[&publisher].children(st).contains(&child), "stripe {st} still holds it");
     }
@@ -554,4 +568,70 @@ fn a_walker_is_passed_on_with_its_own_address_and_upload() {
     for p in redirects {
         assert_eq!(Some(&p), s.infos.get(&p.id), "passed on as {p:?}");
     }
+}
+
+#[test]
+fn a_parent_that_lost_its_own_feed_is_kept_while_it_finds_a_new_one() {
+    // When a node dies, its children and their whole subtrees fall silent at once. Only
+    // the children need a new parent: the nodes below them keep theirs, which are alive
+    // and say so in their summaries, and get the stripe again through them. Otherwise the
+    // whole subtree walks from the roots at once.
+    let mut s = Swarm::grown(10, 40, 8000, Duration::from_millis(20), Duration::from_secs(3));
+    // A parent with a child in one stripe, and its own parent there.
+    let (parent, child, stripe) = (1..=40)
+        .flat_map(|i| (0..STRIPES as usize).map(move |st| (id(i), st)))
+        .find_map(|(p, st)| {
+            s.nodes[&p].parents()[st]?;
+            Some((p, *s.nodes[&p].children(st).first()?, st))
+        })
+        .expect("a parent with a child");
+    let reparents_before = s.nodes[&parent].stats().reparents;
+    // Nothing reaches the parent for a second: its parent went silent, and so did every
+    // neighbour it pulls from (as after a mass departure).
+    let stalled_at_seq = s.next_seq;
+    s.starved_until.insert(parent, s.now + Duration::from_millis(1000));
+    for _ in 0..60 {
+        s.run_for(Duration::from_millis(50));
+        assert_eq!(s.nodes[&child].parents()[stripe], Some(parent), "the child left its live parent");
+    }
+    // The parent itself gave its silent parent up and found one again.
+    assert!(s.nodes[&parent].stats().reparents > reparents_before);
+    assert!(s.nodes[&parent].parents()[stripe].is_some());
+    // The stripe came back through the parent, or by the child's own pulls, in time.
+    let end = s.next_seq - 20;
+    assert_eq!(s.missing(&child, stalled_at_seq..end), Vec::<u64>::new());
+    assert!(s.lags(&child, stalled_at_seq..end).into_iter().max().unwrap() < Duration::from_millis(1000));
+}
+
+#[test]
+fn a_walk_is_never_sent_to_a_child_gone_quiet() {
+    // A parent redirects walkers to its interior children. One that crashed keeps its slot
+    // until its silence is long enough to drop it (1 s); until then it must not be named,
+    // or every walker sent there waits out a subscribe timeout.
+    let mut s = Swarm::grown(11, 30, 8000, Duration::from_millis(20), Duration::from_secs(3));
+    let publisher = s.publisher;
+    // One interior child per stripe crashes; the others stay (with none left, a parent
+    // names peers it knows instead).
+    let victims: Vec<NodeId> = (0..STRIPES as usize)
+        .filter_map(|st| {
+            let children = s.nodes[&publisher].children(st);
+            (children.len() > 1).then(|| children[0])
+        })
+        .collect();
+    assert!(!victims.is_empty());
+    for v in &victims {
+        s.kill(*v);
+    }
+    // One summary period and a half, then newcomers walk down from the publisher.
+    s.run_for(Duration::from_millis(450));
+    let mark = s.redirected_to.len();
+    for i in 31..=45 {
+        s.add_viewer(i, 8000);
+        s.run_for(Duration::from_millis(30));
+    }
+    let by_publisher: Vec<NodeId> =
+        s.redirected_to[mark..].iter().filter(|(by, _)| *by == publisher).map(|(_, p)| p.id).collect();
+    assert!(by_publisher.len() > 10, "walkers were redirected: {}", by_publisher.len());
+    let named: Vec<NodeId> = by_publisher.into_iter().filter(|p| victims.contains(p)).collect();
+    assert_eq!(named, Vec::<NodeId>::new());
 }
