@@ -12,6 +12,7 @@
 //!   0x08 Request      count:v seq:v*count                      count ≤ MAX_REQUEST
 //!   0x09 Chunk        hops:u8 chunk                            (layout in `chunk`)
 //!   0x0a Leave
+//!   0x0b Upstream     stripe:u8 peer
 //! peer = node id (32 bytes) | family:u8 (4 or 6) | ip (4 or 16 bytes) | port:u16 BE
 //!        | upload_kbps:v | relay:u8 (0 or 1)
 //! v = QUIC variable-length integer (RFC 9000 §16): 1, 2, 4 or 8 bytes, values < 2^62.
@@ -93,6 +94,9 @@ pub enum Message {
     Chunk { hops: u8, chunk: Chunk },
     /// The sender is leaving the swarm.
     Leave,
+    /// Parent to child: my own parent in `stripe` is `parent`. If the sender dies, its
+    /// children ask that node first: it sits just above them, and is not in their subtree.
+    Upstream { stripe: u8, parent: PeerInfo },
 }
 
 /// Peers in one `Peers` or `Redirect` message.
@@ -117,6 +121,7 @@ const TYPE_HAVE: u8 = 0x07;
 const TYPE_REQUEST: u8 = 0x08;
 const TYPE_CHUNK: u8 = 0x09;
 const TYPE_LEAVE: u8 = 0x0a;
+const TYPE_UPSTREAM: u8 = 0x0b;
 
 /// Address family bytes of a peer's address (the IP version numbers).
 const FAMILY_V4: u8 = 4;
@@ -177,6 +182,7 @@ impl Message {
             }
             Message::Chunk { chunk, .. } => 1 + chunk.encoded_len(),
             Message::Leave => 0,
+            Message::Upstream { parent, .. } => 1 + peer_len(parent),
         }
     }
 
@@ -226,6 +232,10 @@ impl Message {
                 chunk.encode(out);
             }
             Message::Leave => out.push(TYPE_LEAVE),
+            Message::Upstream { stripe, parent } => {
+                out.extend_from_slice(&[TYPE_UPSTREAM, *stripe]);
+                put_peer(out, parent);
+            }
         }
     }
 
@@ -287,6 +297,10 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
             Message::Chunk { hops, chunk: Chunk::read(&mut r, payload)? }
         }
         TYPE_LEAVE => Message::Leave,
+        TYPE_UPSTREAM => {
+            let stripe = read_u8(&mut r)?;
+            Message::Upstream { stripe, parent: read_peer(&mut r)? }
+        }
         other => return Err(MessageError::UnknownType(other)),
     };
     match r.rest().len() {
@@ -426,6 +440,7 @@ mod tests {
             Message::Request { seqs: (0..MAX_REQUEST as u64).map(|i| i << 20).collect() },
             Message::Chunk { hops: 3, chunk: chunk(100) },
             Message::Leave,
+            Message::Upstream { stripe: 2, parent: peer(6) },
         ]
     }
 
@@ -567,7 +582,7 @@ mod tests {
         }
 
         // Unknown types, including 0 (so a zeroed buffer is not a message).
-        for t in [0x00, 0x0b, 0x7f, 0xff] {
+        for t in [0x00, 0x0c, 0x7f, 0xff] {
             assert_eq!(decode(&[t]), Err(MessageError::UnknownType(t)));
         }
         assert_eq!(decode(&[]), Err(MessageError::Truncated));
@@ -649,6 +664,7 @@ mod tests {
             prop::collection::vec(seq, 0..=MAX_REQUEST).prop_map(|seqs| Message::Request { seqs }),
             (any::<u8>(), arb_chunk()).prop_map(|(hops, chunk)| Message::Chunk { hops, chunk }),
             Just(Message::Leave),
+            (any::<u8>(), arb_peer()).prop_map(|(stripe, parent)| Message::Upstream { stripe, parent }),
         ]
     }
 

@@ -26,8 +26,11 @@
 //!   silent for a while (not asked again, not pulled from) and replaced, unless its
 //!   summaries (parents send them to their children) show it alive and itself waiting for
 //!   the stripe: then its own search is given time, so that a departure re-parents the
-//!   dead node's children and not its whole subtree. The new parent
-//!   sends the few chunks of the stripe the child lacks (`Subscribe::resume_from`); the
+//!   dead node's children and not its whole subtree. Those children know the dead node's
+//!   own parent (`Upstream`) and ask it first, which takes their dead parent's slot for
+//!   one of them once it has been quiet a moment, instead of walking down from the roots.
+//!   The new parent sends the few chunks of the stripe the child lacks
+//!   (`Subscribe::resume_from`); the
 //!   rest are pulled meanwhile, from the publisher or a relay when a newcomer's mesh is too
 //!   small to have them. The other way round, children send their parents their summaries,
 //!   and a parent drops a child it has not heard from for a second, so a crashed
@@ -269,6 +272,9 @@ struct Parent {
     mark: Option<u64>,
     /// When the parent's last summary came, and what it said.
     have: Option<(Instant, Have)>,
+    /// The parent's own parent in the stripe, as it told us (`Upstream`): where to look
+    /// first if this parent dies.
+    upstream: Option<PeerInfo>,
 }
 
 impl StripeState {
@@ -365,6 +371,47 @@ pub struct Node {
     /// When the mesh neighbours' summaries first named each newer `latest`: (latest, when),
     /// oldest first, at most `HAVE_WINDOW` entries.
     first_named: VecDeque<(u64, Instant)>,
+    /// How long subscribes take to be answered (see [`Node::subscribe_timeout`]).
+    answers: AnswerTimer,
+}
+
+/// Smoothed time from a subscribe to its answer and its variation, as RFC 6298 (§2)
+/// estimates a round trip: a subscribe to a node that died unnoticed is given up after
+/// what answers usually take, not after a fixed time sized for the slowest paths.
+#[derive(Debug, Default, Clone, Copy)]
+struct AnswerTimer {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+impl AnswerTimer {
+    /// Bounds of the timeout: below the lower one a busy parent's answer (Control, but
+    /// behind whatever its uplink is sending) looks like death; the upper one is the fixed
+    /// timeout rill had before, which holds until answers are measured.
+    const MIN: Duration = Duration::from_millis(150);
+    const MAX: Duration = Duration::from_millis(500);
+
+    fn sample(&mut self, rtt: Duration) {
+        // RFC 6298 §2.2 and §2.3: alpha = 1/8, beta = 1/4.
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let err = srtt.abs_diff(rtt);
+                self.rttvar = self.rttvar * 3 / 4 + err / 4;
+                self.srtt = Some(srtt * 7 / 8 + rtt / 8);
+            }
+        }
+    }
+
+    /// RFC 6298 §2.3: SRTT + 4 × RTTVAR, within [`AnswerTimer::MIN`, `AnswerTimer::MAX`].
+    fn timeout(&self) -> Duration {
+        self.srtt.map_or(AnswerTimer::MAX, |srtt| {
+            (srtt + self.rttvar * 4).clamp(AnswerTimer::MIN, AnswerTimer::MAX)
+        })
+    }
 }
 
 impl Node {
@@ -413,6 +460,7 @@ impl Node {
             served_bytes_tick: 0,
             walk_after: now,
             first_named: VecDeque::new(),
+            answers: AnswerTimer::default(),
         };
         let me = node.me.id;
         let bootstrap: Vec<PeerInfo> = bootstrap.into_iter().filter(|p| p.id != me).take(MAX_ROOTS).collect();
@@ -688,6 +736,14 @@ impl Node {
             Message::Request { seqs } => self.on_request(now, from, seqs),
             Message::Chunk { hops, chunk } => self.on_chunk(now, from, hops, chunk),
             Message::Leave => self.forget(now, from),
+            Message::Upstream { stripe, parent } => {
+                let st = self.stripes.get_mut(stripe as usize);
+                if let Some(p) = st.and_then(|st| st.parent.as_mut()).filter(|p| p.id == from) {
+                    if Node::reachable(&parent) && parent.id != self.me.id {
+                        p.upstream = Some(parent);
+                    }
+                }
+            }
         }
     }
 
@@ -760,6 +816,21 @@ impl Node {
             self.adopt(now, from, stripe, starting, resume_from);
             return;
         }
+        // A child we have not heard from for a while (no summary in one and a half
+        // periods) has most likely died, as `check_children` will conclude a little
+        // later: its slot goes to the newcomer now, typically its own orphaned child
+        // coming up from below (see `ask_upstream_first`). If it is alive after all, the
+        // redirect tells it to look elsewhere at once.
+        let quiet = self.stripes[stripe].children.iter().copied().find(|c| {
+            self.children_heard.get(c).is_none_or(|at| now.saturating_duration_since(*at) >= HEARD_WITHIN)
+        });
+        if let Some(gone) = quiet.filter(|_| self.interior_in(stripe)) {
+            self.stripes[stripe].children.remove(&gone);
+            self.adopt(now, from, stripe, starting, resume_from);
+            let candidates = self.redirect_candidates(now, stripe, gone);
+            self.send(gone, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
+            return;
+        }
         // Our home stripe's slots are lent out: the home stripe comes first (lent slots
         // are spare capacity, and a leaf of another stripe finds another lender more
         // easily than this stripe finds another interior node). Take one back.
@@ -823,10 +894,40 @@ impl Node {
         self.send(from, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
     }
 
+    /// Tell `child` who our parent in `stripe` is (see `Message::Upstream`).
+    fn send_upstream(&mut self, child: NodeId, stripe: usize) {
+        let Some(parent) = self.stripes[stripe].parent else { return };
+        let parent = self.info_of(parent.id);
+        if Node::reachable(&parent) {
+            self.send(child, Message::Upstream { stripe: stripe as u8, parent }, Class::Control);
+        }
+    }
+
+    /// Our parent in `stripe` is gone: ask its parent first. It sat just above us, so a
+    /// slot there is as shallow as ours was, and it is not in our subtree, so no cycle
+    /// forms; the roots, where a walk starts otherwise, are then left to the nodes that
+    /// cannot do better (after a mass departure thousands of walks started there at once,
+    /// and their redirects took the publisher's whole uplink).
+    fn ask_upstream_first(&mut self, now: Instant, stripe: usize, gone: &Parent) {
+        let Some(up) = gone.upstream else { return };
+        if self.banned.contains(&up.id)
+            || self.is_silent(now, &up.id)
+            || self.stripes[stripe].children.contains(&up.id)
+        {
+            return;
+        }
+        self.learn(up);
+        let st = &mut self.stripes[stripe];
+        st.candidates.retain(|c| *c != up.id);
+        st.candidates.push_front(up.id);
+        st.candidates.truncate(MAX_CANDIDATES);
+    }
+
     fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize, starting: bool, resume_from: u64) {
         self.stripes[stripe].children.insert(child);
         self.children_heard.insert(child, now);
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
+        self.send_upstream(child, stripe);
         if starting {
             // Fast join: the latest keyframe chunk itself (whatever its stripe: the
             // newcomer can start decoding as soon as any one parent accepts it), ahead of
@@ -937,8 +1038,9 @@ impl Node {
             return;
         }
         let st = &mut self.stripes[stripe];
-        if st.pending.is_some_and(|(p, _)| p == from) {
+        if let Some((_, asked)) = st.pending.filter(|(p, _)| *p == from) {
             st.pending = None;
+            self.answers.sample(now.saturating_duration_since(asked));
             if let Some(old) = st.parent.take() {
                 if old.id != from {
                     self.send(old.id, Message::Unsubscribe { stripe: stripe as u8 }, Class::Control);
@@ -946,9 +1048,14 @@ impl Node {
             }
             let mark = self.buffer.keys().next_back().copied();
             let st = &mut self.stripes[stripe];
-            st.parent = Some(Parent { id: from, since: now, last_chunk: None, mark, have: None });
+            st.parent =
+                Some(Parent { id: from, since: now, last_chunk: None, mark, have: None, upstream: None });
             st.candidates.clear();
             st.tried.clear();
+            let children: Vec<NodeId> = st.children.iter().copied().collect();
+            for c in children {
+                self.send_upstream(c, stripe);
+            }
         } else if self.stripes[stripe].parent.is_none_or(|p| p.id != from) {
             // A late answer to a search we gave up: decline.
             self.send(from, Message::Unsubscribe { stripe: stripe as u8 }, Class::Control);
@@ -965,7 +1072,11 @@ impl Node {
         }
         let st = &mut self.stripes[stripe];
         let was_parent = st.parent.is_some_and(|p| p.id == from);
-        let was_pending = st.pending.is_some_and(|(p, _)| p == from);
+        let asked = st.pending.filter(|(p, _)| *p == from).map(|(_, at)| at);
+        let was_pending = asked.is_some();
+        if let Some(at) = asked {
+            self.answers.sample(now.saturating_duration_since(at));
+        }
         if !was_parent && !was_pending {
             return;
         }
@@ -1158,9 +1269,10 @@ impl Node {
             if st.pending.is_some_and(|(p, _)| p == peer) {
                 st.pending = None;
             }
-            if st.parent.is_some_and(|p| p.id == peer) {
+            if let Some(gone) = st.parent.filter(|p| p.id == peer) {
                 st.parent = None;
                 self.stats.reparents += 1;
+                self.ask_upstream_first(now, s, &gone);
                 self.find_parent(now, s);
             }
         }
@@ -1311,9 +1423,10 @@ impl Node {
         self.send(to, message, Class::Control);
     }
 
-    /// How long a subscribe may go unanswered.
+    /// How long a subscribe may go unanswered: what answers have taken so far (see
+    /// [`AnswerTimer`]), 500 ms before any came.
     fn subscribe_timeout(&self) -> Duration {
-        Duration::from_millis(500)
+        self.answers.timeout()
     }
 
     /// A parent is dead or too slow when nothing came from it in its stripe for this long
@@ -1373,6 +1486,7 @@ impl Node {
                     self.stripes[s].parent = None;
                     self.stripes[s].note_tried(parent.id);
                     self.stats.reparents += 1;
+                    self.ask_upstream_first(now, s, &parent);
                 }
             }
             self.find_parent(now, s);
@@ -1701,4 +1815,34 @@ pub struct StateSizes {
     pub transmits: usize,
     pub transmits_dropped: u64,
     pub children: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscribe_timeout_follows_the_answers_measured() {
+        let mut t = AnswerTimer::default();
+        // Nothing measured: the fixed bound.
+        assert_eq!(t.timeout(), AnswerTimer::MAX);
+        // Answers in 40–60 ms: given up after what they take plus their variation, not
+        // below the floor.
+        for ms in [40, 60, 50, 45, 55, 50, 40, 60] {
+            t.sample(Duration::from_millis(ms));
+        }
+        let steady = t.timeout();
+        assert!(steady >= AnswerTimer::MIN && steady <= Duration::from_millis(200), "{steady:?}");
+        // Answers slow down (a busy parent, a long path): the timeout grows with them, up
+        // to the bound.
+        for _ in 0..20 {
+            t.sample(Duration::from_millis(400));
+        }
+        assert_eq!(t.timeout(), AnswerTimer::MAX);
+        for _ in 0..40 {
+            t.sample(Duration::from_millis(100));
+        }
+        let back = t.timeout();
+        assert!(back < AnswerTimer::MAX && back >= Duration::from_millis(100), "{back:?}");
+    }
 }

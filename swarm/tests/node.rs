@@ -61,6 +61,8 @@ struct Swarm {
     passed_on: Vec<(NodeId, PeerInfo)>,
     /// Every peer named in a `Redirect`, by whom.
     redirected_to: Vec<(NodeId, PeerInfo)>,
+    /// Every subscribe: (when, from, to, stripe).
+    subscribes: Vec<(Instant, NodeId, NodeId, u8)>,
     /// Nodes that get no chunks until the given time (their feed stalled upstream).
     starved_until: BTreeMap<NodeId, Instant>,
 }
@@ -90,6 +92,7 @@ impl Swarm {
             passed_on: Vec::new(),
             redirected_to: Vec::new(),
             starved_until: BTreeMap::new(),
+            subscribes: Vec::new(),
         };
         let p = info(0, 20_000, false);
         s.add(p, Role::Publisher, 20_000, Vec::new());
@@ -156,6 +159,9 @@ impl Swarm {
                     self.passed_on.extend(named.iter().map(|p| (from, *p)));
                 }
                 _ => {}
+            }
+            if let Message::Subscribe { stripe, .. } = &t.message {
+                self.subscribes.push((self.now, from, t.to.id, *stripe));
             }
             if let Message::Redirect { candidates, .. } = &t.message {
                 self.redirected_to.extend(candidates.iter().map(|p| (from, *p)));
@@ -634,4 +640,39 @@ fn a_walk_is_never_sent_to_a_child_gone_quiet() {
     assert!(by_publisher.len() > 10, "walkers were redirected: {}", by_publisher.len());
     let named: Vec<NodeId> = by_publisher.into_iter().filter(|p| victims.contains(p)).collect();
     assert_eq!(named, Vec::<NodeId>::new());
+}
+
+#[test]
+fn a_dead_nodes_children_take_its_place_without_walking_from_the_roots() {
+    // A node's children learn its own parent (`Upstream`) and ask there first when it
+    // dies: a slot as shallow as they had, and the publisher's uplink is left alone (after
+    // a mass departure, thousands of walks from the roots took all of it).
+    let mut s = Swarm::grown(12, 60, 8000, Duration::from_millis(20), Duration::from_secs(3));
+    let publisher = s.publisher;
+    // A chain grandparent -> victim -> orphan -> grandchild in one stripe, below the
+    // publisher: the orphan has a subtree, so it could not take just any free slot.
+    let (grand, victim, orphan, stripe) = (1..=60)
+        .flat_map(|i| (0..STRIPES as usize).map(move |st| (id(i), st)))
+        .find_map(|(v, st)| {
+            let g = s.nodes[&v].parents()[st].filter(|g| *g != publisher)?;
+            let o = s.nodes[&v].children(st).into_iter().find(|o| !s.nodes[o].children(st).is_empty())?;
+            Some((g, v, o, st))
+        })
+        .expect("a four-level chain");
+    let killed_at = s.now;
+    let killed_at_seq = s.next_seq;
+    s.kill(victim);
+    s.run_for(Duration::from_millis(2000));
+    let new_parent = s.nodes[&orphan].parents()[stripe].expect("re-parented");
+    assert_ne!(new_parent, victim);
+    let asked: Vec<NodeId> = s
+        .subscribes
+        .iter()
+        .filter(|(at, from, _, st)| *at >= killed_at && *from == orphan && *st as usize == stripe)
+        .map(|(_, _, to, _)| *to)
+        .collect();
+    assert_eq!(asked.first(), Some(&grand), "asked {asked:?}");
+    assert!(!asked.contains(&publisher), "walked from the publisher: {asked:?}");
+    let end = s.next_seq - 20;
+    assert_eq!(s.missing(&orphan, killed_at_seq..end), Vec::<u64>::new());
 }

@@ -451,10 +451,21 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
 }
 
 /// Message types, for the byte breakdown.
-pub const MESSAGE_KINDS: usize = 10;
+pub const MESSAGE_KINDS: usize = 11;
 const KIND_CHUNK: usize = 8;
-pub const MESSAGE_KIND_NAMES: [&str; MESSAGE_KINDS] =
-    ["hello", "peers", "subscribe", "accept", "redirect", "unsubscribe", "have", "request", "chunk", "leave"];
+pub const MESSAGE_KIND_NAMES: [&str; MESSAGE_KINDS] = [
+    "hello",
+    "peers",
+    "subscribe",
+    "accept",
+    "redirect",
+    "unsubscribe",
+    "have",
+    "request",
+    "chunk",
+    "leave",
+    "upstream",
+];
 
 fn message_kind(m: &Message) -> usize {
     match m {
@@ -468,6 +479,7 @@ fn message_kind(m: &Message) -> usize {
         Message::Request { .. } => 7,
         Message::Chunk { .. } => KIND_CHUNK,
         Message::Leave => 9,
+        Message::Upstream { .. } => 10,
     }
 }
 
