@@ -4,7 +4,7 @@
 //! message = type:u8 fields
 //!   0x01 Hello        peer
 //!   0x02 Peers        count:v peer*count                       count ≤ MAX_PEERS_PER_MESSAGE
-//!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1) resume_from:v peer
+//!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1) from_seq:v peer
 //!   0x04 Accept       stripe:u8
 //!   0x05 Redirect     stripe:u8 count:v peer*count             count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x06 Unsubscribe  stripe:u8
@@ -65,14 +65,19 @@ pub enum Message {
     /// "Be my parent in this stripe."
     Subscribe {
         stripe: u8,
-        /// The sender holds nothing yet: send it the latest keyframe group (fast join).
-        /// A node changing parents leaves it unset and gets the stripe from `resume_from`.
+        /// The sender holds nothing of this stripe yet: send it a keyframe group (fast
+        /// join). A node changing parents leaves it unset.
         starting: bool,
-        /// A node changing parents: the first seq of this stripe it lacks (the newest it
-        /// holds plus the stripe count). The new parent sends what it holds from there, so
-        /// the chunks a dead parent left undelivered come with the new subscription
-        /// instead of one pull at a time. Ignored when `starting`.
-        resume_from: u64,
+        /// Where the new parent starts sending the stripe.
+        /// - Not `starting` (changing parents): the first seq of this stripe the sender
+        ///   lacks (the newest it holds plus the stripe count). The new parent sends what it
+        ///   holds from there, so the chunks a dead parent left undelivered come with the
+        ///   new subscription instead of one pull at a time.
+        /// - `starting`: the keyframe the sender started at, through its other stripes'
+        ///   parents, or 0 before it has one. The parent sends its group from there if it
+        ///   holds that keyframe, else from its newest keyframe: parents a keyframe apart
+        ///   would leave the sender's start group with a stripe missing.
+        from_seq: u64,
         /// The subscriber, as in `Hello`: a walk subscribes to nodes that never had its
         /// hello, and a parent needs its address to pass it on (a leaf it displaces is
         /// redirected to it) and its upload to place it.
@@ -173,7 +178,7 @@ impl Message {
         1 + match self {
             Message::Hello { info } => peer_len(info),
             Message::Peers { peers } => peers_len(peers),
-            Message::Subscribe { resume_from, info, .. } => 2 + varint_len(*resume_from) + peer_len(info),
+            Message::Subscribe { from_seq, info, .. } => 2 + varint_len(*from_seq) + peer_len(info),
             Message::Accept { .. } | Message::Unsubscribe { .. } => 1,
             Message::Redirect { candidates, .. } => 1 + peers_len(candidates),
             Message::Have(have) => varint_len(have.latest) + 10,
@@ -203,9 +208,9 @@ impl Message {
                 out.push(TYPE_PEERS);
                 put_peers(out, peers);
             }
-            Message::Subscribe { stripe, starting, resume_from, info } => {
+            Message::Subscribe { stripe, starting, from_seq, info } => {
                 out.extend_from_slice(&[TYPE_SUBSCRIBE, *stripe, u8::from(*starting)]);
-                put_varint(out, *resume_from);
+                put_varint(out, *from_seq);
                 put_peer(out, info);
             }
             Message::Accept { stripe } => out.extend_from_slice(&[TYPE_ACCEPT, *stripe]),
@@ -265,12 +270,7 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
                 1 => true,
                 other => return Err(MessageError::StartingFlag(other)),
             };
-            Message::Subscribe {
-                stripe,
-                starting,
-                resume_from: read_varint(&mut r)?,
-                info: read_peer(&mut r)?,
-            }
+            Message::Subscribe { stripe, starting, from_seq: read_varint(&mut r)?, info: read_peer(&mut r)? }
         }
         TYPE_ACCEPT => Message::Accept { stripe: read_u8(&mut r)? },
         TYPE_REDIRECT => {
@@ -431,8 +431,8 @@ mod tests {
             Message::Hello { info: peer(1) },
             Message::Peers { peers: (0..MAX_PEERS_PER_MESSAGE as u8).map(peer).collect() },
             Message::Peers { peers: vec![] },
-            Message::Subscribe { stripe: 3, starting: true, resume_from: 0, info: peer(2) },
-            Message::Subscribe { stripe: 1, starting: false, resume_from: 1_000_000, info: peer(3) },
+            Message::Subscribe { stripe: 3, starting: true, from_seq: 0, info: peer(2) },
+            Message::Subscribe { stripe: 1, starting: false, from_seq: 1_000_000, info: peer(3) },
             Message::Accept { stripe: 0 },
             Message::Redirect { stripe: 2, candidates: vec![peer(4), peer(5)] },
             Message::Unsubscribe { stripe: 255 },
@@ -479,7 +479,7 @@ mod tests {
         let mut expected = vec![TYPE_SUBSCRIBE, 9, 1, 0];
         expected.extend_from_slice(&encode(&Message::Hello { info: v6 })[1..]);
         assert_eq!(
-            encode(&Message::Subscribe { stripe: 9, starting: true, resume_from: 0, info: v6 }),
+            encode(&Message::Subscribe { stripe: 9, starting: true, from_seq: 0, info: v6 }),
             expected
         );
 
@@ -602,6 +602,12 @@ mod tests {
         let mut bad = hello[..kbps].to_vec();
         bad.extend_from_slice(&[0xc0, 0, 0, 1, 0, 0, 0, 0, 0]);
         assert_eq!(decode(&bad), Err(MessageError::UploadKbps(1 << 32)));
+
+        let subscribe =
+            encode(&Message::Subscribe { stripe: 0, starting: true, from_seq: 40, info: peer(1) });
+        let mut bad = subscribe.clone();
+        bad[2] = 2;
+        assert_eq!(decode(&bad), Err(MessageError::StartingFlag(2)));
     }
 
     fn arb_peer() -> impl Strategy<Value = PeerInfo> {
@@ -646,12 +652,7 @@ mod tests {
             arb_peer().prop_map(|info| Message::Hello { info }),
             peers().prop_map(|peers| Message::Peers { peers }),
             (any::<u8>(), any::<bool>(), seq.clone(), arb_peer()).prop_map(
-                |(stripe, starting, resume_from, info)| Message::Subscribe {
-                    stripe,
-                    starting,
-                    resume_from,
-                    info
-                }
+                |(stripe, starting, from_seq, info)| Message::Subscribe { stripe, starting, from_seq, info }
             ),
             any::<u8>().prop_map(|stripe| Message::Accept { stripe }),
             (any::<u8>(), peers()).prop_map(|(stripe, candidates)| Message::Redirect { stripe, candidates }),

@@ -30,7 +30,7 @@
 //!   own parent (`Upstream`) and ask it first, which takes their dead parent's slot for
 //!   one of them once it has been quiet a moment, instead of walking down from the roots.
 //!   The new parent sends the few chunks of the stripe the child lacks
-//!   (`Subscribe::resume_from`); the
+//!   (`Subscribe::from_seq`); the
 //!   rest are pulled meanwhile, from the publisher or a relay when a newcomer's mesh is too
 //!   small to have them. The other way round, children send their parents their summaries,
 //!   and a parent drops a child it has not heard from for a second, so a crashed
@@ -293,6 +293,11 @@ struct StripeState {
     pending: Option<(NodeId, Instant)>,
     candidates: VecDeque<NodeId>,
     children: BTreeSet<NodeId>,
+    /// The first seq each child wants from us: where its fast-join group or resume
+    /// started. A chunk below it that reaches us late (filling a gap of ours) is of no use
+    /// to that child: it started after it, or has it already. Entries of children gone are
+    /// pruned at each adoption, so it holds at most the children and one more.
+    child_from: BTreeMap<NodeId, u64>,
     /// Newest chunk of this stripe we hold.
     latest: Option<u64>,
     /// Peers that redirected or refused us recently in this search (not retried at once).
@@ -700,11 +705,11 @@ impl Node {
                     self.add_passive(p.id);
                 }
             }
-            Message::Subscribe { stripe, starting, resume_from, info } => {
+            Message::Subscribe { stripe, starting, from_seq, info } => {
                 if info.id == from {
                     self.learn(info);
                 }
-                self.on_subscribe(now, from, stripe as usize, starting, resume_from)
+                self.on_subscribe(now, from, stripe as usize, starting, from_seq)
             }
             Message::Accept { stripe } => self.on_accept(now, from, stripe as usize),
             Message::Redirect { stripe, candidates } => {
@@ -803,7 +808,7 @@ impl Node {
         picked
     }
 
-    fn on_subscribe(&mut self, now: Instant, from: NodeId, stripe: usize, starting: bool, resume_from: u64) {
+    fn on_subscribe(&mut self, now: Instant, from: NodeId, stripe: usize, starting: bool, from_seq: u64) {
         if stripe >= self.k() {
             return;
         }
@@ -813,7 +818,7 @@ impl Node {
         }
         let cap = self.child_capacity(stripe);
         if self.stripes[stripe].children.len() < cap || self.lends_to(stripe, &self.info_of(from)) {
-            self.adopt(now, from, stripe, starting, resume_from);
+            self.adopt(now, from, stripe, starting, from_seq);
             return;
         }
         // A child we have not heard from for a while (no summary in one and a half
@@ -826,7 +831,7 @@ impl Node {
         });
         if let Some(gone) = quiet.filter(|_| self.interior_in(stripe)) {
             self.stripes[stripe].children.remove(&gone);
-            self.adopt(now, from, stripe, starting, resume_from);
+            self.adopt(now, from, stripe, starting, from_seq);
             let candidates = self.redirect_candidates(now, stripe, gone);
             self.send(gone, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
             return;
@@ -852,7 +857,7 @@ impl Node {
                     Message::Redirect { stripe: lent_stripe as u8, candidates },
                     Class::Control,
                 );
-                self.adopt(now, from, stripe, starting, resume_from);
+                self.adopt(now, from, stripe, starting, from_seq);
                 return;
             }
         }
@@ -880,7 +885,7 @@ impl Node {
             };
             if let Some(victim) = take {
                 self.stripes[stripe].children.remove(&victim);
-                self.adopt(now, from, stripe, starting, resume_from);
+                self.adopt(now, from, stripe, starting, from_seq);
                 let mut candidates = vec![newcomer];
                 candidates.extend(
                     self.redirect_candidates(now, stripe, victim).into_iter().filter(|c| c.id != from),
@@ -923,8 +928,11 @@ impl Node {
         st.candidates.truncate(MAX_CANDIDATES);
     }
 
-    fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize, starting: bool, resume_from: u64) {
-        self.stripes[stripe].children.insert(child);
+    fn adopt(&mut self, now: Instant, child: NodeId, stripe: usize, starting: bool, from_seq: u64) {
+        let st = &mut self.stripes[stripe];
+        st.children.insert(child);
+        let children = &st.children;
+        st.child_from.retain(|c, _| children.contains(c));
         self.children_heard.insert(child, now);
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
         self.send_upstream(child, stripe);
@@ -937,7 +945,8 @@ impl Node {
             // live chunks it made every other child late. Without the rest of the group
             // (the newcomer pulling it instead), `rill demo` viewers skipped chunks at
             // their start (continuity 0.9992, 62 lost chunks, against 1.0 and 0).
-            let Some(key) = self.latest_keyframe else { return };
+            let Some(key) = self.start_keyframe(from_seq) else { return };
+            self.stripes[stripe].child_from.insert(child, key);
             let group: Vec<Held> = self
                 .buffer
                 .range(key..)
@@ -954,13 +963,14 @@ impl Node {
             }
             return;
         }
-        // A node changing parents gets this stripe from `resume_from` (what its old
+        // A node changing parents gets this stripe from `from_seq` (what its old
         // parent left undelivered), within the last few of the stripe's chunks, behind
         // our live chunks (Background): ahead of them, a burst of repair would make every
         // other child late, and their subtrees with them, and they would give up on us in
         // turn.
         let newest = self.buffer.keys().next_back().copied().unwrap_or(0);
-        let from = resume_from.max(newest.saturating_sub(RESUME_STRIPE_CHUNKS * self.k() as u64));
+        let from = from_seq.max(newest.saturating_sub(RESUME_STRIPE_CHUNKS * self.k() as u64));
+        self.stripes[stripe].child_from.insert(child, from_seq);
         let chunks: Vec<Held> = self
             .buffer
             .range(from..)
@@ -971,6 +981,19 @@ impl Node {
             let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk };
             self.send_repair_chunk(now, child, message);
         }
+    }
+
+    /// The keyframe a newcomer's group starts at: the one it already started at
+    /// (`asked`, from its other parents' groups) if we hold it and it is recent (within
+    /// `HAVE_WINDOW` of our newest chunk: an older start would be a burst the newcomer's
+    /// player has moved past), else our newest keyframe.
+    fn start_keyframe(&self, asked: u64) -> Option<u64> {
+        let newest = self.buffer.keys().next_back().copied()?;
+        let recent = asked > 0 && asked.saturating_add(HAVE_WINDOW) >= newest;
+        if recent && self.buffer.get(&asked).is_some_and(|h| h.chunk.keyframe) {
+            return Some(asked);
+        }
+        self.latest_keyframe
     }
 
     /// Children of `stripe` in the order a chunk goes to them: those that forward it
@@ -1220,13 +1243,14 @@ impl Node {
         // that came in late, and ~1,000 chunks a second came in late through the trees
         // alone; as Background, none did (continuity 0.9946 -> 0.9967).
         for c in self.forwarding_order(stripe) {
-            if c != from {
-                let message = Message::Chunk { hops: hops.saturating_add(1), chunk: chunk.clone() };
-                if live {
-                    self.send_chunk(now, c, message);
-                } else {
-                    self.send_repair_chunk(now, c, message);
-                }
+            if c == from {
+                continue;
+            }
+            let message = Message::Chunk { hops: hops.saturating_add(1), chunk: chunk.clone() };
+            if live {
+                self.send_chunk(now, c, message);
+            } else if self.stripes[stripe].child_from.get(&c).is_none_or(|&first| chunk.seq >= first) {
+                self.send_repair_chunk(now, c, message);
             }
         }
         self.store(chunk, hops, now, via);
@@ -1410,16 +1434,20 @@ impl Node {
         recent(id) && !self.roots.iter().all(recent)
     }
 
-    /// Ask `to` to be our parent in `stripe`: from the latest keyframe when we hold
-    /// nothing of the stripe yet, else from the first of its chunks we lack.
+    /// Ask `to` to be our parent in `stripe`: when we hold nothing of the stripe yet, from
+    /// the keyframe we started at (or its newest, before we have one), else from the first
+    /// of its chunks we lack.
     fn subscribe(&mut self, to: NodeId, stripe: usize) {
         let latest = self.stripes[stripe].latest;
-        let message = Message::Subscribe {
-            stripe: stripe as u8,
-            starting: latest.is_none(),
-            resume_from: latest.map_or(0, |l| l.saturating_add(self.k() as u64)),
-            info: self.me,
+        let from_seq = match latest {
+            Some(l) => l.saturating_add(self.k() as u64),
+            None => self
+                .first_needed
+                .filter(|f| self.buffer.get(f).is_some_and(|h| h.chunk.keyframe))
+                .unwrap_or(0),
         };
+        let message =
+            Message::Subscribe { stripe: stripe as u8, starting: latest.is_none(), from_seq, info: self.me };
         self.send(to, message, Class::Control);
     }
 

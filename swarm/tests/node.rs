@@ -65,6 +65,10 @@ struct Swarm {
     subscribes: Vec<(Instant, NodeId, NodeId, u8)>,
     /// Nodes that get no chunks until the given time (their feed stalled upstream).
     starved_until: BTreeMap<NodeId, Instant>,
+    /// Every subscribe of a node holding nothing of the stripe: (when, from, from_seq).
+    starting_subscribes: Vec<(Instant, NodeId, u64)>,
+    /// Every chunk sent: (from, to, seq).
+    chunks_sent: Vec<(NodeId, NodeId, u64)>,
 }
 
 impl Swarm {
@@ -93,6 +97,8 @@ impl Swarm {
             redirected_to: Vec::new(),
             starved_until: BTreeMap::new(),
             subscribes: Vec::new(),
+            starting_subscribes: Vec::new(),
+            chunks_sent: Vec::new(),
         };
         let p = info(0, 20_000, false);
         s.add(p, Role::Publisher, 20_000, Vec::new());
@@ -160,8 +166,14 @@ impl Swarm {
                 }
                 _ => {}
             }
-            if let Message::Subscribe { stripe, .. } = &t.message {
+            if let Message::Subscribe { stripe, starting, from_seq, .. } = &t.message {
                 self.subscribes.push((self.now, from, t.to.id, *stripe));
+                if *starting {
+                    self.starting_subscribes.push((self.now, from, *from_seq));
+                }
+            }
+            if let Message::Chunk { chunk, .. } = &t.message {
+                self.chunks_sent.push((from, t.to.id, chunk.seq));
             }
             if let Message::Redirect { candidates, .. } = &t.message {
                 self.redirected_to.extend(candidates.iter().map(|p| (from, *p)));
@@ -268,6 +280,34 @@ impl Swarm {
 
     fn lags(&self, node: &NodeId, seqs: std::ops::Range<u64>) -> Vec<Duration> {
         self.got[node].iter().filter(|g| seqs.contains(&g.0)).map(|g| g.1).collect()
+    }
+
+    /// Seqs of the chunks `from` sent `to`, in order.
+    fn sent(&self, from: NodeId, to: NodeId) -> Vec<u64> {
+        self.chunks_sent.iter().filter(|c| c.0 == from && c.1 == to).map(|c| c.2).collect()
+    }
+
+    /// Run until the next chunk to publish is `phase` chunks into a keyframe group.
+    fn run_to_phase(&mut self, phase: u64) {
+        while self.next_seq % KEYFRAME_EVERY != phase {
+            self.run_for(Duration::from_millis(10));
+        }
+    }
+
+    /// A parent with room to spare that has held the stream for a few seconds: viewer
+    /// `i` of 40 Mbit/s, joined now and settled.
+    fn add_roomy_parent(&mut self, i: u32) -> NodeId {
+        self.add_viewer(i, 40_000);
+        self.run_for(Duration::from_millis(2500));
+        id(i)
+    }
+
+    /// As a newcomer that is not a node here (what it is sent is only recorded), ask
+    /// `parent` for `stripe`.
+    fn subscribe_as_newcomer(&mut self, newcomer: u32, parent: NodeId, stripe: u8, from_seq: u64) -> NodeId {
+        let me = info(newcomer, 4000, false);
+        self.inject(me.id, parent, Message::Subscribe { stripe, starting: true, from_seq, info: me });
+        me.id
     }
 }
 
@@ -675,4 +715,83 @@ fn a_dead_nodes_children_take_its_place_without_walking_from_the_roots() {
     assert!(!asked.contains(&publisher), "walked from the publisher: {asked:?}");
     let end = s.next_seq - 20;
     assert_eq!(s.missing(&orphan, killed_at_seq..end), Vec::<u64>::new());
+}
+
+#[test]
+fn a_newcomers_group_starts_at_the_keyframe_it_started_at() {
+    // Parents a keyframe apart (one already holds a keyframe the other does not) would
+    // leave a newcomer's start group with a stripe missing, and its player would start a
+    // keyframe interval later. A newcomer that started names its keyframe; a parent
+    // holding it starts the group there, else at its own newest keyframe.
+    let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
+    let parent = s.add_roomy_parent(100);
+    s.run_to_phase(5);
+    let newest_key = s.next_seq - 5;
+    let previous_key = newest_key - KEYFRAME_EVERY;
+    let cases = [
+        (previous_key, previous_key),
+        (0, newest_key),
+        (previous_key + 1, newest_key),                  // not a keyframe
+        (previous_key - 4 * KEYFRAME_EVERY, newest_key), // further back than a group or two
+    ];
+    let home = Node::home_stripe(&parent, STRIPES) as u64;
+    let newcomers: Vec<NodeId> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (from_seq, _))| s.subscribe_as_newcomer(200 + i as u32, parent, home as u8, *from_seq))
+        .collect();
+    s.run_for(Duration::from_millis(600));
+    let published = s.next_seq;
+    for (newcomer, (from_seq, start)) in newcomers.into_iter().zip(cases) {
+        let sent = s.sent(parent, newcomer);
+        assert_eq!(sent.first(), Some(&start), "asked from {from_seq}");
+        let group: BTreeSet<u64> = sent.iter().copied().filter(|q| q % STRIPES as u64 == home).collect();
+        let want: BTreeSet<u64> = (start..published - 4).filter(|q| q % STRIPES as u64 == home).collect();
+        assert_eq!(want.difference(&group).count(), 0, "asked from {from_seq}: sent {sent:?}");
+        assert!(sent.iter().all(|q| *q >= start), "asked from {from_seq}: sent {sent:?}");
+    }
+}
+
+#[test]
+fn a_newcomer_asks_its_later_parents_for_the_group_it_started() {
+    let mut s = Swarm::grown(8, 40, 6000, Duration::from_millis(20), Duration::from_secs(3));
+    s.run_to_phase(KEYFRAME_EVERY - 3);
+    let newcomer = id(300);
+    s.add_viewer(300, 6000);
+    s.run_for(Duration::from_secs(2));
+    let (start, lag, _, keyframe) = s.got[&newcomer][0];
+    assert!(keyframe, "started at a keyframe");
+    let started_at = s.ingest[&start] + lag;
+    let later: Vec<u64> = s
+        .starting_subscribes
+        .iter()
+        .filter(|(at, from, _)| *from == newcomer && *at >= started_at)
+        .map(|(_, _, from_seq)| *from_seq)
+        .collect();
+    assert!(!later.is_empty(), "every stripe found a parent before the first chunk came");
+    assert!(later.iter().all(|f| *f == start), "started at {start}, asked from {later:?}");
+    assert_eq!(s.missing(&newcomer, start..s.next_seq - 20), Vec::<u64>::new());
+}
+
+#[test]
+fn a_chunk_older_than_a_childs_start_is_not_passed_on_to_it() {
+    // A parent filling a gap of its own passes the chunks to its children, who lack them
+    // too; not to a child that started after them (a newcomer's group starts at a later
+    // keyframe): they would only be dropped there.
+    let mut s = Swarm::grown(6, 20, 8000, Duration::from_millis(20), Duration::from_secs(2));
+    let parent = s.add_roomy_parent(100);
+    // The parent misses the last chunks before a keyframe, and gets the keyframe.
+    s.run_to_phase(KEYFRAME_EVERY - 3);
+    let key = s.next_seq + 3;
+    s.starved_until.insert(parent, s.now + Duration::from_millis(140));
+    while !s.got[&parent].iter().any(|g| g.0 == key) {
+        s.run_for(Duration::from_millis(5));
+    }
+    assert!(!s.missing(&parent, key - 3..key).is_empty(), "the parent has a gap");
+    let newcomer = s.subscribe_as_newcomer(200, parent, Node::home_stripe(&parent, STRIPES) as u8, 0);
+    s.run_for(Duration::from_millis(1500));
+    assert_eq!(s.missing(&parent, key - 3..key), Vec::<u64>::new(), "the parent filled its gap");
+    let sent = s.sent(parent, newcomer);
+    assert_eq!(sent.first(), Some(&key));
+    assert!(sent.iter().all(|q| *q >= key), "sent {sent:?}");
 }
