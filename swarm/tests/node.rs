@@ -16,6 +16,7 @@ use rill_swarm::chunk::{ChannelId, ChannelKey, Chunk, Ed25519Verifier};
 use rill_swarm::message::{Have, Message, PeerInfo};
 use rill_swarm::node::{Node, NodeConfig, NodeEvent, Role};
 use rill_swarm::NodeId;
+use rill_transport::endpoint::Class;
 
 const CHUNK: Duration = Duration::from_millis(50);
 const STRIPES: u8 = 4;
@@ -67,8 +68,8 @@ struct Swarm {
     starved_until: BTreeMap<NodeId, Instant>,
     /// Every subscribe of a node holding nothing of the stripe: (when, from, from_seq).
     starting_subscribes: Vec<(Instant, NodeId, u64)>,
-    /// Every chunk sent: (from, to, seq).
-    chunks_sent: Vec<(NodeId, NodeId, u64)>,
+    /// Every chunk sent: (from, to, seq, class).
+    chunks_sent: Vec<(NodeId, NodeId, u64, Class)>,
 }
 
 impl Swarm {
@@ -173,7 +174,7 @@ impl Swarm {
                 }
             }
             if let Message::Chunk { chunk, .. } = &t.message {
-                self.chunks_sent.push((from, t.to.id, chunk.seq));
+                self.chunks_sent.push((from, t.to.id, chunk.seq, t.class));
             }
             if let Message::Redirect { candidates, .. } = &t.message {
                 self.redirected_to.extend(candidates.iter().map(|p| (from, *p)));
@@ -285,6 +286,11 @@ impl Swarm {
     /// Seqs of the chunks `from` sent `to`, in order.
     fn sent(&self, from: NodeId, to: NodeId) -> Vec<u64> {
         self.chunks_sent.iter().filter(|c| c.0 == from && c.1 == to).map(|c| c.2).collect()
+    }
+
+    /// Seqs of the chunks `from` sent `to` in `class`.
+    fn sent_in(&self, from: NodeId, to: NodeId, class: Class) -> BTreeSet<u64> {
+        self.chunks_sent.iter().filter(|c| c.0 == from && c.1 == to && c.3 == class).map(|c| c.2).collect()
     }
 
     /// Run until the next chunk to publish is `phase` chunks into a keyframe group.
@@ -794,4 +800,40 @@ fn a_chunk_older_than_a_childs_start_is_not_passed_on_to_it() {
     let sent = s.sent(parent, newcomer);
     assert_eq!(sent.first(), Some(&key));
     assert!(sent.iter().all(|q| *q >= key), "sent {sent:?}");
+}
+
+#[test]
+fn an_orphans_freshest_missing_chunks_come_with_the_new_parents_live_ones() {
+    // An orphan re-subscribing names the first chunk of the stripe it lacks. Its new
+    // parent sends what it holds from there: the chunks that reached it in the last
+    // 300 ms with its live traffic, since they fall due soon, and the older ones behind it.
+    let mut s = Swarm::grown(9, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
+    let parent = s.add_roomy_parent(100);
+    let home = Node::home_stripe(&parent, STRIPES) as u64;
+    // The orphan's last chunk of the stripe is 700 ms old.
+    let newest = s.next_seq - 1;
+    let lacks_from = (newest - 14..).find(|q| q % STRIPES as u64 == home).unwrap();
+    let orphan = info(200, 4000, false);
+    let arrived: BTreeMap<u64, Instant> =
+        s.got[&parent].iter().map(|g| (g.0, s.ingest[&g.0] + g.1)).collect();
+    let now = s.now;
+    s.inject(
+        orphan.id,
+        parent,
+        Message::Subscribe { stripe: home as u8, starting: false, from_seq: lacks_from, info: orphan },
+    );
+    s.run_for(Duration::from_millis(100));
+    let asked_at = now + Swarm::delay(&orphan.id, &parent);
+    let stream = s.sent_in(parent, orphan.id, Class::Stream);
+    let background = s.sent_in(parent, orphan.id, Class::Background);
+    let resumed: Vec<u64> = (lacks_from..=newest).filter(|q| q % STRIPES as u64 == home).collect();
+    assert!(resumed.len() >= 3, "{resumed:?}");
+    for q in resumed {
+        let fresh = asked_at.saturating_duration_since(arrived[&q]) < Duration::from_millis(300);
+        let (want, other) = if fresh { (&stream, &background) } else { (&background, &stream) };
+        assert!(
+            want.contains(&q) && !other.contains(&q),
+            "chunk {q} (fresh: {fresh}): stream {stream:?}, background {background:?}"
+        );
+    }
 }
