@@ -30,14 +30,15 @@
 //!   own parent (`Upstream`) and ask it first, which takes their dead parent's slot for
 //!   one of them once it has been quiet a moment, instead of walking down from the roots.
 //!   The new parent sends the few chunks of the stripe the child lacks
-//!   (`Subscribe::from_seq`); the
-//!   rest are pulled meanwhile, from the publisher or a relay when a newcomer's mesh is too
-//!   small to have them. The other way round, children send their parents their summaries,
+//!   (`Subscribe::from_seq`), the freshest with its live ones; the rest are pulled
+//!   meanwhile, from the publisher or a relay when a newcomer's mesh is too small to have
+//!   them. The other way round, children send their parents their summaries,
 //!   and a parent drops a child it has not heard from for a second, so a crashed
 //!   child's slot goes to an orphan at once rather than after the transport's idle timeout.
-//! - **Fast join**: a parent sends a new child the latest keyframe chunk at once, so a
-//!   newcomer can start decoding after one round trip, and then its stripe's chunks of that
-//!   keyframe group behind the live ones. A newcomer given mesh contacts waits a moment for their summaries
+//! - **Fast join**: a parent sends a new child a keyframe chunk at once, so a newcomer can
+//!   start decoding after one round trip, and then its stripe's chunks of that keyframe
+//!   group behind the live ones: its newest keyframe, or, to a newcomer that already
+//!   started through other parents, the keyframe it started at (`Subscribe::from_seq`). A newcomer given mesh contacts waits a moment for their summaries
 //!   and takes a free slot they advertise; failing that, a node without children in a
 //!   stripe starts its walk at the interior peers it knows, and only then at the roots,
 //!   which keeps a crowd of newcomers off the roots' uplinks.
@@ -204,6 +205,11 @@ const CHILD_SILENCE: Duration = Duration::from_millis(1000);
 /// of the walks and of the subscribes to neighbours that advertised room went to nodes
 /// already gone, each costing a subscribe timeout (500 ms) while the stripe had no parent.
 const HEARD_WITHIN: Duration = Duration::from_millis(450);
+
+/// Whether a peer last heard from `at` counts as alive now (`HEARD_WITHIN`).
+fn heard_lately(now: Instant, at: Instant) -> bool {
+    now.saturating_duration_since(at) < HEARD_WITHIN
+}
 /// How long a parent that lost its own feed is kept, counted from its last chunk. Its
 /// summaries (parents send them to their children too) show it alive but holding nothing
 /// of the stripe newer than what it sent: it is finding a new parent, whose resume then
@@ -307,7 +313,8 @@ struct StripeState {
     /// The first seq each child wants from us: where its fast-join group or resume
     /// started. A chunk below it that reaches us late (filling a gap of ours) is of no use
     /// to that child: it started after it, or has it already. Entries of children gone are
-    /// pruned at each adoption, so it holds at most the children and one more.
+    /// pruned at each adoption, so it holds no more entries than the stripe had children
+    /// since the last one.
     child_from: BTreeMap<NodeId, u64>,
     /// Newest chunk of this stripe we hold.
     latest: Option<u64>,
@@ -837,9 +844,11 @@ impl Node {
         // later: its slot goes to the newcomer now, typically its own orphaned child
         // coming up from below (see `ask_upstream_first`). If it is alive after all, the
         // redirect tells it to look elsewhere at once.
-        let quiet = self.stripes[stripe].children.iter().copied().find(|c| {
-            self.children_heard.get(c).is_none_or(|at| now.saturating_duration_since(*at) >= HEARD_WITHIN)
-        });
+        let quiet = self.stripes[stripe]
+            .children
+            .iter()
+            .copied()
+            .find(|c| self.children_heard.get(c).is_none_or(|at| !heard_lately(now, *at)));
         if let Some(gone) = quiet.filter(|_| self.interior_in(stripe)) {
             self.stripes[stripe].children.remove(&gone);
             self.adopt(now, from, stripe, starting, from_seq);
@@ -948,7 +957,7 @@ impl Node {
         self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
         self.send_upstream(child, stripe);
         if starting {
-            // Fast join: the latest keyframe chunk itself (whatever its stripe: the
+            // Fast join: the start keyframe chunk itself (whatever its stripe: the
             // newcomer can start decoding as soon as any one parent accepts it), ahead of
             // everything but the live chunks already queued; then this stripe's chunks
             // after it, which a player starting at that keyframe needs next, behind our
@@ -1034,13 +1043,7 @@ impl Node {
         let mut out: Vec<PeerInfo> = self.stripes[stripe]
             .children
             .iter()
-            .filter(|c| {
-                **c != except
-                    && self
-                        .children_heard
-                        .get(c)
-                        .is_some_and(|at| now.saturating_duration_since(*at) < HEARD_WITHIN)
-            })
+            .filter(|c| **c != except && self.children_heard.get(c).is_some_and(|at| heard_lately(now, *at)))
             .filter_map(|c| self.directory.get(c).copied())
             .filter(|i| Node::reachable(i) && self.is_interior_peer(i, stripe))
             .collect();
@@ -1336,7 +1339,7 @@ impl Node {
             .iter()
             .filter(|(id, m)| {
                 !self.stripes[stripe].tried.contains(id)
-                    && now.saturating_duration_since(m.heard) < HEARD_WITHIN
+                    && heard_lately(now, m.heard)
                     && !self.is_silent(now, id)
                     && !self.stripes[stripe].children.contains(id)
                     && if Node::home_stripe(id, self.config.stripes) == stripe {
@@ -1391,7 +1394,7 @@ impl Node {
                 let mut known: Vec<PeerInfo> = self
                     .mesh
                     .iter()
-                    .filter(|(_, m)| now.saturating_duration_since(m.heard) < HEARD_WITHIN)
+                    .filter(|(_, m)| heard_lately(now, m.heard))
                     .map(|(id, _)| id)
                     .chain(self.passive.iter())
                     .filter_map(|id| self.directory.get(id).copied())
@@ -1486,7 +1489,7 @@ impl Node {
         let k = self.k() as u64;
         parent.have.is_some_and(|(at, have)| {
             at > quiet_since
-                && now.saturating_duration_since(at) < HEARD_WITHIN
+                && heard_lately(now, at)
                 && !(parent.mark.map_or(0, |m| m + 1)..=have.latest)
                     .filter(|seq| seq % k == stripe as u64)
                     .any(|seq| Node::peer_has(&have, seq))
