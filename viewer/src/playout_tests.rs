@@ -27,6 +27,8 @@ fn config(latency_ms: u64, max_behind_ms: u64) -> PlayoutConfig {
         max_behind: Duration::from_millis(max_behind_ms),
         // Most tests are about other rules; the start margin's own tests set it.
         start_margin: Duration::ZERO,
+        // Nor about the startup budget: its tests set it.
+        startup_budget: None,
     }
 }
 
@@ -464,6 +466,102 @@ fn a_start_with_its_group_in_time_is_not_shifted() {
     assert_eq!(d.out[0].at_us, now + 50 * MS);
 }
 
+/// The default start margin and startup budget on a 1 s target lag.
+fn with_budget() -> PlayoutConfig {
+    PlayoutConfig { startup_budget: Some(DEFAULT_STARTUP_BUDGET), ..with_margin(1000, 2000) }
+}
+
+/// A newcomer that began watching at `t0` on a live channel of 25 ms chunks with a
+/// keyframe every 40: its start keyframe, 200, was ingested at `t0 + 100 ms`, and chunk
+/// `seq` arrives `arrival_lag_ms(seq)` after its ingest (None: never).
+fn young_keyframe_start(
+    config: PlayoutConfig,
+    t0: u64,
+    arrival_lag_ms: impl Fn(u64) -> Option<u64>,
+) -> Driver {
+    let arrivals = (200..=320)
+        .filter_map(|seq| {
+            let ingest_us = t0 + 100 * MS + (seq - 200) * 25 * MS;
+            arrival_lag_ms(seq).map(|lag| (ingest_us + lag * MS, chunk(seq, ingest_us, seq % 40 == 0)))
+        })
+        .collect();
+    let mut buf = PlayoutBuffer::new(config);
+    // Watching begins: the budget's clock starts.
+    assert_eq!(buf.poll_output(t0), None);
+    Driver::new(buf, arrivals)
+}
+
+#[test]
+fn a_newcomer_with_a_young_keyframe_starts_within_the_startup_budget() {
+    let t0 = 100 * SEC;
+    let mut d = young_keyframe_start(with_budget(), t0, |_| Some(200));
+    d.run_until(t0 + 10 * SEC);
+    assert_eq!(d.seqs(), (200..=320).collect::<Vec<_>>());
+    // At the target lag the keyframe would leave at t0 + 1100 ms. At t0 + 800 ms the
+    // budget is over and 200..=216 (400 ms of stream) are held: output starts then, 300 ms
+    // ahead, and keeps that pace.
+    assert_eq!(d.out[0].at_us, t0 + 800 * MS);
+    for o in &d.out {
+        let ingest_us = t0 + 100 * MS + (o.seq - 200) * 25 * MS;
+        assert_eq!(o.at_us - ingest_us, 700 * MS, "seq {}", o.seq);
+    }
+    let s = d.buf.stats();
+    assert_eq!((s.start_ahead_us, s.ahead_us, s.lost_chunks, s.stalled_us), (300 * MS, 300 * MS, 0, 0));
+    assert_eq!(s.continuity_index(), Some(1.0));
+
+    // Without a budget it waits for the target lag.
+    let mut d = young_keyframe_start(with_margin(1000, 2000), t0, |_| Some(200));
+    d.run_until(t0 + 10 * SEC);
+    assert_eq!(d.out[0].at_us, t0 + 1100 * MS);
+    assert_eq!(d.buf.stats().start_ahead_us, 0);
+}
+
+#[test]
+fn running_ahead_a_late_chunk_is_waited_for_not_given_up() {
+    // Chunk 230 comes 850 ms after its ingest: past the early schedule (700 ms), within
+    // the target lag (1 s).
+    let t0 = 100 * SEC;
+    let mut d = young_keyframe_start(with_budget(), t0, |seq| Some(if seq == 230 { 850 } else { 200 }));
+    d.run_until(t0 + 10 * SEC);
+    assert_eq!(d.seqs(), (200..=320).collect::<Vec<_>>());
+    let ingest = |seq: u64| t0 + 100 * MS + (seq - 200) * 25 * MS;
+    let at = |seq: u64| d.out[(seq - 200) as usize].at_us;
+    assert_eq!(at(230), ingest(230) + 850 * MS, "out when it came");
+    // The schedule moved later by the wait, less the timer slack, for good.
+    assert_eq!(at(231) - ingest(231), 830 * MS);
+    assert_eq!(at(320) - ingest(320), 830 * MS);
+    let s = d.buf.stats();
+    assert_eq!((s.lost_chunks, s.continuity_index()), (0, Some(1.0)));
+    assert_eq!((s.ahead_us, s.stalled_us), (170 * MS, 130 * MS));
+
+    // A chunk that never comes is given up when the next is due at the target lag, and
+    // the schedule is back there.
+    let mut d = young_keyframe_start(with_budget(), t0, |seq| (seq != 230).then_some(200));
+    d.run_until(t0 + 10 * SEC);
+    let s = d.buf.stats();
+    assert_eq!(s.lost_chunks, 1);
+    let out_231 = d.out.iter().find(|o| o.seq == 231).expect("231 out").at_us;
+    assert_eq!(out_231, ingest(231) + SEC);
+    assert_eq!(s.ahead_us, 20 * MS, "all but the timer slack given back");
+}
+
+#[test]
+fn a_viewer_waiting_for_the_channel_to_begin_keeps_its_target_lag() {
+    // The channel's first keyframe is ingested 600 ms after watching began: 400 ms of
+    // stream from it cannot be held by the end of the budget, so there is no startup to
+    // shorten.
+    let t0 = 100 * SEC;
+    let arrivals = (0..=80).map(|seq| {
+        (t0 + 600 * MS + seq * 25 * MS + 20 * MS, chunk(seq, t0 + 600 * MS + seq * 25 * MS, seq % 40 == 0))
+    });
+    let mut buf = PlayoutBuffer::new(with_budget());
+    assert_eq!(buf.poll_output(t0), None);
+    let mut d = Driver::new(buf, arrivals.collect());
+    d.run_until(t0 + 10 * SEC);
+    assert_eq!(d.out[0].at_us, t0 + 1600 * MS);
+    assert_eq!(d.buf.stats().start_ahead_us, 0);
+}
+
 #[test]
 fn bound_on_buffered_chunks() {
     let mut buf = PlayoutBuffer::new(PlayoutConfig { max_buffered_chunks: 8, ..config(1000, 2000) });
@@ -509,6 +607,7 @@ fn no_panic_at_the_edges_of_u64() {
         max_buffered_chunks: 0,
         max_behind: Duration::MAX,
         start_margin: Duration::MAX,
+        startup_budget: Some(Duration::MAX),
     });
     buf.insert(0, chunk(u64::MAX, u64::MAX, true));
     buf.insert(u64::MAX, chunk(u64::MAX - 1, u64::MAX, true));
@@ -575,6 +674,7 @@ fn randomized_case(seed: u64) {
         max_buffered_chunks,
         max_behind: Duration::from_millis(max_behind_ms),
         start_margin: Duration::from_millis(below(600)),
+        startup_budget: (below(2) == 0).then(|| Duration::from_millis(below(1500))),
     };
     let mut d = Driver::new(PlayoutBuffer::new(config), arrivals);
     d.context = context.clone();

@@ -94,6 +94,10 @@ impl PlayerSnapshot {
         // How far behind the target lag the start margin put this viewer (0 for most).
         m.insert("start_shift_ms".into(), json!(ms(p.start_shift_us)));
         m.insert("start_restarts".into(), json!(p.start_restarts));
+        // How far ahead of the target lag an early start (startup budget) put this
+        // viewer, and how much of that lead is left.
+        m.insert("start_ahead_ms".into(), json!(ms(p.start_ahead_us)));
+        m.insert("ahead_ms".into(), json!(ms(p.ahead_us)));
         m.insert("http_clients".into(), json!(self.http_clients));
         m
     }

@@ -186,6 +186,9 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
     // How the newcomers' starts went (`PlayoutBuffer`'s start margin): the shift each
     // started viewer took, and how often one moved on to a later keyframe.
     let (mut start_shift, mut start_restarts) = (Vec::new(), 0u64);
+    // The early starts (startup budget): each started viewer's lead at its start, and the
+    // time its output stood still after startup.
+    let (mut start_ahead, mut stall) = (Vec::new(), Vec::new());
     // CPU seconds and alive seconds per viewer host, over its runs.
     let mut cpu: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for r in runs {
@@ -199,6 +202,8 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
                 first_byte.push(b);
                 first_keyframe.extend(k);
                 start_shift.extend(s.last().get("start_shift_ms").and_then(Value::as_f64));
+                start_ahead.extend(s.last().get("start_ahead_ms").and_then(Value::as_f64));
+                stall.extend(s.last().get("stall_ms").and_then(Value::as_f64));
             }
             (None, k) => {
                 first_keyframe.extend(k);
@@ -237,6 +242,8 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
     m.insert("viewers_never_started".into(), json!(never_started));
     m.insert("start_shift_ms".into(), spread(&mut start_shift));
     m.insert("start_restarts".into(), json!(start_restarts));
+    m.insert("start_ahead_ms".into(), spread(&mut start_ahead));
+    m.insert("stall_ms".into(), spread(&mut stall));
     m.insert("continuity_index".into(), ratio(on_time as f64, (due + lost_after) as f64, 4));
     m.insert("lost_chunks".into(), json!(lost));
     m.insert("duplicate_ratio".into(), ratio(duplicate as f64, useful as f64, 3));
