@@ -390,7 +390,8 @@ mod tests {
             line(json!({"chunks_on_time": on, "chunks_due_after_startup": due, "lost_after_startup": lost,
                 "lost_chunks": lost, "bytes_sent": sent, "useful_payload_bytes": 1000, "duplicate_payload_bytes": 50,
                 "startup_ms": {"first_byte": 300.0, "first_keyframe": 250.0},
-                "start_shift_ms": lost as f64 * 100.0, "start_restarts": lost}))
+                "start_shift_ms": lost as f64 * 100.0, "start_restarts": lost,
+                "start_ahead_ms": on as f64 / 10.0, "stall_ms": sent as f64 / 100.0}))
         };
         let runs = [viewer(0, false, &v(990, 995, 5, 2000)), viewer(1, false, &v(1000, 1000, 0, 0))];
         let publisher = ProcessRun {
@@ -414,6 +415,11 @@ mod tests {
             (m["start_shift_ms"]["p50"].as_f64(), m["start_shift_ms"]["max"].as_f64()),
             (Some(0.0), Some(500.0))
         );
+        assert_eq!(
+            (m["start_ahead_ms"]["p50"].as_f64(), m["start_ahead_ms"]["max"].as_f64()),
+            (Some(99.0), Some(100.0))
+        );
+        assert_eq!((m["stall_ms"]["p50"].as_f64(), m["stall_ms"]["max"].as_f64()), (Some(0.0), Some(20.0)));
     }
 
     #[test]
