@@ -45,7 +45,9 @@
 //!   chunk after it is due at the target lag (not given up at the schedule's earlier
 //!   time), and a chunk output late moves the rest of the schedule later by as much. The
 //!   output pauses then (counted as stalled time) but loses nothing the target lag would
-//!   have kept; the lag only grows back toward the target, never shrinks again.
+//!   have kept; the lag only grows back toward the target, never shrinks again. The lead
+//!   is at most half the latency: a viewer that asked for a deep buffer (a bad network,
+//!   say) keeps at least half of it from the start.
 //! - **Order, exactly once.** Output is in strictly increasing seq order. A missing seq (a
 //!   hole) is waited for until the next chunk held after it is due; then the hole is given
 //!   up, counted in `lost_chunks` and skipped. Chunks hold whole MPEG-TS packets, so
@@ -273,8 +275,9 @@ pub struct PlayoutBuffer {
     start_by_us: Option<u64>,
     /// Whether `insert` or `poll_output` was called yet.
     begun: bool,
-    /// A poll at or after `start_by_us` happened (so `poll_timeout` need not wake for it).
-    start_by_polled: bool,
+    /// `now_us` of the latest `poll_output` (so `poll_timeout` never names a time that
+    /// was already looked at).
+    last_poll_us: u64,
     /// How far ahead of its deadline (`deadline_us`) each chunk is output: the early
     /// start's lead, shrunk by every late output. Deadlines stay where the target lag puts
     /// them; they decide what is on time, given up or caught up.
@@ -330,7 +333,7 @@ impl PlayoutBuffer {
             startup_budget_us: config.startup_budget.map(duration_us),
             start_by_us: None,
             begun: false,
-            start_by_polled: false,
+            last_poll_us: 0,
             ahead_us: 0,
             output_bits: [0; (OUTCOME_WINDOW / 64) as usize],
             awaiting_keyframe_until_us: None,
@@ -404,9 +407,7 @@ impl PlayoutBuffer {
     /// The next chunk to output, in sequence order, once due. Call until None.
     pub fn poll_output(&mut self, now_us: u64) -> Option<PlayoutChunk> {
         self.begin(now_us);
-        if self.start_by_us.is_some_and(|t| now_us >= t) {
-            self.start_by_polled = true;
-        }
+        self.last_poll_us = now_us;
         let mut next_seq = self.next_seq?;
         self.awaiting_keyframe_until_us = None;
         loop {
@@ -535,11 +536,8 @@ impl PlayoutBuffer {
         if self.ahead_us > 0 || self.start_shift_us > 0 {
             return;
         }
-        if now_us < start_by_us {
-            return;
-        }
         let Some((&seq, keyframe)) = self.held.first_key_value() else { return };
-        if seq != next_seq || !keyframe.keyframe {
+        if seq != next_seq || !keyframe.keyframe || now_us < self.early_start_from_us(keyframe.ingest_us) {
             return;
         }
         // A keyframe too young to meet the budget anyway (the channel began after we
@@ -560,6 +558,14 @@ impl PlayoutBuffer {
         }
         self.ahead_us = self.deadline_us(keyframe.ingest_us).saturating_sub(now_us);
         self.stats.start_ahead_us = self.ahead_us;
+    }
+
+    /// The earliest an early start at a keyframe ingested at `ingest_us` may begin: when
+    /// the budget ends, and no more than half the latency before the keyframe's deadline
+    /// (a viewer that asked for a deep buffer keeps at least half of it).
+    fn early_start_from_us(&self, ingest_us: u64) -> u64 {
+        let start_by_us = self.start_by_us.unwrap_or(u64::MAX);
+        start_by_us.max(self.deadline_us(ingest_us).saturating_sub(self.latency_us / 2))
     }
 
     /// Before the first output: output will start at keyframe `seq`; what is held below
@@ -615,10 +621,13 @@ impl PlayoutBuffer {
         // leaves `ahead_us` before its deadline.
         let mut at_us =
             if first_seq > next_seq { deadline_us } else { deadline_us.saturating_sub(self.ahead_us) };
-        if let Some(start_by_us) =
-            self.start_by_us.filter(|_| self.stats.chunks_out == 0 && !self.start_by_polled)
-        {
-            at_us = at_us.min(start_by_us);
+        // Before the first output, the moment an early start may begin (later, arrivals
+        // wake the caller).
+        if self.start_by_us.is_some() && self.stats.chunks_out == 0 && first.keyframe {
+            let early_us = self.early_start_from_us(first.ingest_us);
+            if early_us > self.last_poll_us {
+                at_us = at_us.min(early_us);
+            }
         }
         Some(at_us)
     }

@@ -514,6 +514,13 @@ fn a_newcomer_with_a_young_keyframe_starts_within_the_startup_budget() {
     d.run_until(t0 + 10 * SEC);
     assert_eq!(d.out[0].at_us, t0 + 1100 * MS);
     assert_eq!(d.buf.stats().start_ahead_us, 0);
+    // A viewer that asked for a deep buffer (3 s) keeps at least half of it: output starts
+    // 1.5 s before the keyframe's deadline, not at the end of the budget.
+    let deep = PlayoutConfig { latency: Duration::from_secs(3), ..with_budget() };
+    let mut d = young_keyframe_start(deep, t0, |_| Some(200));
+    d.run_until(t0 + 10 * SEC);
+    assert_eq!(d.out[0].at_us, t0 + 1600 * MS);
+    assert_eq!(d.buf.stats().start_ahead_us, 1500 * MS);
 }
 
 #[test]
