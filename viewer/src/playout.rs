@@ -483,16 +483,13 @@ impl PlayoutBuffer {
         // now: as a player's initial buffer, they carry output while the rest comes in.
         let horizon_us = now_us.saturating_add(self.start_margin_us);
         let mut covered_until_us = due_us;
-        let mut gap_at = None;
-        for (expected, (&seq, c)) in (next_seq..).zip(self.held.range(next_seq..)) {
+        let mut run_end = next_seq;
+        for (seq, c) in self.gapless_run(next_seq) {
             if covered_until_us >= horizon_us {
                 break;
             }
-            if seq != expected {
-                gap_at = Some(expected);
-                break;
-            }
             covered_until_us = self.deadline_us(c.ingest_us);
+            run_end = seq;
         }
         if covered_until_us >= horizon_us {
             return StartGroup::Go;
@@ -503,9 +500,14 @@ impl PlayoutBuffer {
             // the gap starts clean, and costs nothing that was ever output. A gap further
             // off may still fill in time: output goes ahead.
             let gap_due_soon = covered_until_us < now_us.saturating_add(RESTART_IF_GAP_DUE_WITHIN_US);
-            let later = gap_at
-                .filter(|_| gap_due_soon)
-                .and_then(|gap| self.held.range(gap..).find(|(_, c)| c.keyframe).map(|(&seq, _)| seq));
+            // The run ended at a gap (or at the newest chunk held: then nothing is past it).
+            let gap = run_end + 1;
+            let later = self
+                .held
+                .range(gap..)
+                .find(|(_, c)| c.keyframe)
+                .map(|(&seq, _)| seq)
+                .filter(|_| gap_due_soon);
             return match later {
                 Some(seq) => StartGroup::RestartAt(seq),
                 None => StartGroup::Go,
@@ -515,6 +517,14 @@ impl PlayoutBuffer {
         let wait_us = now_us.saturating_sub(due_us).saturating_add(START_WAIT_STEP_US).min(left_us);
         self.start_shift_us += wait_us;
         StartGroup::Wait
+    }
+
+    /// The chunks held from `from` on, in seq order, up to the first seq missing.
+    fn gapless_run(&self, from: u64) -> impl Iterator<Item = (u64, &PlayoutChunk)> + '_ {
+        (from..)
+            .zip(self.held.range(from..))
+            .take_while(|(expected, (&seq, _))| seq == *expected)
+            .map(|(seq, (_, c))| (seq, c))
     }
 
     /// The first call of `insert` or `poll_output` starts the startup budget's clock.
@@ -546,14 +556,7 @@ impl PlayoutBuffer {
         if span_until_us.saturating_sub(self.skew_us) > start_by_us {
             return;
         }
-        let mut spanned_until_us = keyframe.ingest_us;
-        for (expected, (&seq, c)) in (next_seq..).zip(self.held.range(next_seq..)) {
-            if seq != expected || spanned_until_us >= span_until_us {
-                break;
-            }
-            spanned_until_us = c.ingest_us;
-        }
-        if spanned_until_us < span_until_us {
+        if !self.gapless_run(next_seq).any(|(_, c)| c.ingest_us >= span_until_us) {
             return;
         }
         self.ahead_us = self.deadline_us(keyframe.ingest_us).saturating_sub(now_us);
