@@ -235,6 +235,13 @@ const RESUME_STRIPE_CHUNKS: u64 = 8;
 /// second after); 200 ms, 0.9946; 300 ms, 0.9958 (0.8671); 500 ms, 0.9947. Without churn
 /// (`issue-10k.toml`) all Background 0.9993, all Stream 0.9996, 300 ms 0.9995.
 const RESUME_URGENT_WITHIN: Duration = Duration::from_millis(300);
+/// The channel's head: its first chunks, from seq 0. A node whose start (`first_needed`)
+/// is among them still takes the chunks before its start that reach it: they are the
+/// channel's beginning (an encoder's first bytes, e.g. ffmpeg's SDT, precede its first
+/// keyframe), which a viewer present from the start outputs, and they travel other
+/// stripes than the keyframe, so they may come second. 64 chunks is 1.6 s of 25 ms chunks.
+/// (The viewer's playout keeps the same head until its first output.)
+pub const CHANNEL_HEAD_CHUNKS: u64 = 64;
 /// Parent candidates queued per stripe.
 const MAX_CANDIDATES: usize = 32;
 /// Peers remembered as tried in one parent search; past this the search forgets them and
@@ -1208,7 +1215,7 @@ impl Node {
             }
             return;
         }
-        if self.first_needed.is_some_and(|f| chunk.seq < f) {
+        if self.first_needed.is_some_and(|f| chunk.seq < f && f >= CHANNEL_HEAD_CHUNKS) {
             self.stats.duplicate_payload_bytes += len;
             return;
         }

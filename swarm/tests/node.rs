@@ -837,3 +837,33 @@ fn an_orphans_freshest_missing_chunks_come_with_the_new_parents_live_ones() {
         );
     }
 }
+
+#[test]
+fn a_node_present_from_the_channels_start_keeps_its_first_chunks_in_any_order() {
+    // The channel's seq 0 (an encoder's first bytes) travels another stripe than seq 1
+    // and comes second. A viewer present from the start keeps it, so its output can be
+    // the input exactly.
+    let mut s = Swarm::new(11);
+    s.add_viewer(1, 6000);
+    s.add_viewer(2, 6000);
+    // Publish by hand.
+    s.next_chunk = s.now + Duration::from_secs(600);
+    let (p, early, late) = (s.publisher, id(1), id(2));
+    let chunk = |s: &mut Swarm, seq: u64| {
+        s.ingest.insert(seq, s.now);
+        Message::Chunk { hops: 1, chunk: s.chunk(seq) }
+    };
+    let (c1, c0) = (chunk(&mut s, 1), chunk(&mut s, 0));
+    s.inject(p, early, c1);
+    s.run_for(Duration::from_millis(50));
+    s.inject(p, early, c0);
+    s.run_for(Duration::from_millis(50));
+    assert_eq!(s.missing(&early, 0..2), Vec::<u64>::new());
+    // Far into a channel, a chunk older than a node's start is still not taken.
+    let (c200, c100) = (chunk(&mut s, 200), chunk(&mut s, 100));
+    s.inject(p, late, c200);
+    s.run_for(Duration::from_millis(50));
+    s.inject(p, late, c100);
+    s.run_for(Duration::from_millis(50));
+    assert_eq!(s.missing(&late, 100..201), (100..200).collect::<Vec<u64>>());
+}

@@ -92,8 +92,9 @@ const START_WAIT_STEP_US: u64 = 10_000;
 const RESTART_IF_GAP_DUE_WITHIN_US: u64 = 100_000;
 
 /// Chunks kept below the first keyframe in case they are the channel's beginning: the
-/// few chunks an encoder writes before its first keyframe (64 is 1.6 s of 25 ms chunks).
-const MAX_STREAM_HEAD_CHUNKS: u64 = 64;
+/// few chunks an encoder writes before its first keyframe. The swarm's head, which a node
+/// starting within it takes in even when those chunks come after its keyframe.
+const MAX_STREAM_HEAD_CHUNKS: u64 = rill_swarm::node::CHANNEL_HEAD_CHUNKS;
 
 /// How many seqs below the next one to output remember whether they were output or given
 /// up, to tell a duplicate from a late chunk: 4096 (512 bytes). Older seqs are counted late.
