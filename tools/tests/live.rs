@@ -432,4 +432,5 @@ fn bad_input_links_keys_and_ports_get_clear_errors() {
     expect_error(&["watch", &link, "--http", &tcp.local_addr().unwrap().to_string()], "cannot serve HTTP");
     // Bad flags: clap's one-line usage error, status 2.
     expect_error(&["watch", &link, "--latency", "soon"], "invalid value");
+    expect_error(&["watch", &link, "--startup-budget", "soon"], "invalid value");
 }

@@ -14,6 +14,7 @@ use clap::Args;
 use rill_publisher::InputOptions;
 use rill_swarm::node::Role;
 use rill_viewer::http::HttpStreamServer;
+use rill_viewer::playout::PlayoutConfig;
 use rill_viewer::LagHistogram;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -149,7 +150,9 @@ async fn demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         let opts = node_opts(Role::Viewer, SAMPLE_KBPS * VIEWER_UPLOAD_FACTOR, link.peers.clone())?;
         let node = LiveNode::bind(&opts)?;
         let outputs = Outputs { sink: None, http: http.take() };
-        let v = spawn_viewer(node, Duration::from_millis(args.latency), outputs, Instant::now(), &stop_rx);
+        let playout =
+            PlayoutConfig { latency: Duration::from_millis(args.latency), ..PlayoutConfig::default() };
+        let v = spawn_viewer(node, playout, outputs, Instant::now(), &stop_rx);
         tasks.push(v.node);
         viewers.push(Viewer { node: v.node_figures, player: v.player_figures, task: v.player });
         tokio::time::sleep(JOIN_SPREAD / count as u32).await;

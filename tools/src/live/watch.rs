@@ -16,7 +16,9 @@ use rill_swarm::chunk::Chunk;
 use rill_swarm::node::Role;
 use rill_viewer::http::HttpStreamServer;
 use rill_viewer::output::{OutputSink, OutputSpec};
-use rill_viewer::playout::{PlayoutBuffer, PlayoutChunk, PlayoutConfig, PlayoutStats};
+use rill_viewer::playout::{
+    PlayoutBuffer, PlayoutChunk, PlayoutConfig, PlayoutStats, DEFAULT_STARTUP_BUDGET,
+};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -39,6 +41,12 @@ pub struct WatchArgs {
     /// Target playout lag in ms: each chunk leaves this long after the publisher took it in.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub latency: u64,
+    /// Start output this long after watching begins when the newest keyframe is so fresh
+    /// that its turn at the target lag comes later: the stream then plays up to half the
+    /// latency ahead of the target, and gives that back by pausing when a chunk is late.
+    /// 0: always start at the target lag.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_STARTUP_BUDGET.as_millis() as u64)]
+    pub startup_budget: u64,
     /// This node's key file. Default: a throwaway identity (viewers need no stable id).
     #[arg(long, value_name = "FILE")]
     pub node_key: Option<PathBuf>,
@@ -119,10 +127,10 @@ pub struct ViewerTasks {
     pub player_figures: Arc<Mutex<PlayerSnapshot>>,
 }
 
-/// Start a viewer: `node` feeds verified chunks to a player with this latency and outputs.
+/// Start a viewer: `node` feeds verified chunks to a player with this playout and outputs.
 pub fn spawn_viewer(
     node: LiveNode,
-    latency: Duration,
+    playout: PlayoutConfig,
     outputs: Outputs,
     started: Instant,
     stop: &watch::Receiver<bool>,
@@ -133,20 +141,20 @@ pub fn spawn_viewer(
     let node =
         tokio::spawn(node.run(None, Some(chunk_tx), node_figures.clone(), stop.clone(), Duration::ZERO));
     let player =
-        tokio::spawn(play(chunk_rx, latency, outputs, started, player_figures.clone(), stop.clone()));
+        tokio::spawn(play(chunk_rx, playout, outputs, started, player_figures.clone(), stop.clone()));
     ViewerTasks { node, player, node_figures, player_figures }
 }
 
 /// The player task: chunks in, playout, outputs out.
 pub async fn play(
     mut chunks: mpsc::Receiver<Chunk>,
-    latency: Duration,
+    playout: PlayoutConfig,
     mut outputs: Outputs,
     started: Instant,
     figures: Arc<Mutex<PlayerSnapshot>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<PlayerSnapshot> {
-    let mut playout = PlayoutBuffer::new(PlayoutConfig { latency, ..PlayoutConfig::default() });
+    let mut playout = PlayoutBuffer::new(playout);
     let mut snapshot = PlayerSnapshot::default();
     let mut next_refresh = Instant::now();
     loop {
@@ -247,7 +255,12 @@ pub fn run(args: &WatchArgs) -> Result<std::process::ExitCode> {
             seed: common::random_seed(),
         };
         let node = LiveNode::bind(&opts)?;
-        let viewer = spawn_viewer(node, Duration::from_millis(args.latency), outputs, started, &stop_rx);
+        let playout = PlayoutConfig {
+            latency: Duration::from_millis(args.latency),
+            startup_budget: (args.startup_budget > 0).then(|| Duration::from_millis(args.startup_budget)),
+            ..PlayoutConfig::default()
+        };
+        let viewer = spawn_viewer(node, playout, outputs, started, &stop_rx);
         let (node_figures, player_figures) = (viewer.node_figures.clone(), viewer.player_figures.clone());
         let reporter = common::report_loop(
             "watch",
