@@ -38,7 +38,8 @@
 //! - **Fast join**: a parent sends a new child a keyframe chunk at once, so a newcomer can
 //!   start decoding after one round trip, and then its stripe's chunks of that keyframe
 //!   group behind the live ones: its newest keyframe, or, to a newcomer that already
-//!   started through other parents, the keyframe it started at (`Subscribe::from_seq`). A newcomer given mesh contacts waits a moment for their summaries
+//!   started through other parents, the keyframe it started at (`Subscribe::from_seq`).
+//!   A newcomer given mesh contacts waits a moment for their summaries
 //!   and takes a free slot they advertise; failing that, a node without children in a
 //!   stripe starts its walk at the interior peers it knows, and only then at the roots,
 //!   which keeps a crowd of newcomers off the roots' uplinks.
