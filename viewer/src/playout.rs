@@ -37,17 +37,18 @@
 //!   latency later). So once `startup_budget` has passed since the buffer's first use (a
 //!   viewer makes the buffer when watching begins) and the chunks held from the start
 //!   keyframe on, without a gap, span `start_margin` of stream, output begins at once: the
-//!   whole schedule runs `ahead` of `ingest + latency` by what was left of the wait. Only
-//!   a start that could meet the budget goes early (keyframe ingested at least
-//!   `start_margin` before the budget ends): a viewer that waited for the channel to begin
-//!   has nothing to shorten, and keeps its target lag. Running ahead spends jitter room,
-//!   so it is given back whenever the swarm needs it: a hole is still waited for until the
-//!   chunk after it is due at the target lag (not given up at the schedule's earlier
-//!   time), and a chunk output late moves the rest of the schedule later by as much. The
-//!   output pauses then (counted as stalled time) but loses nothing the target lag would
-//!   have kept; the lag only grows back toward the target, never shrinks again. The lead
-//!   is at most half the latency: a viewer that asked for a deep buffer (a bad network,
-//!   say) keeps at least half of it from the start.
+//!   whole schedule runs `ahead` of `ingest + latency` by what was left of the wait. Only a
+//!   start that could meet the budget goes early (keyframe ingested at least `start_margin`
+//!   before the budget ends): a viewer that waited for the channel to begin has nothing to
+//!   shorten, and keeps its target lag. A start that moved to a later keyframe
+//!   (`start_restarts`) has missed the budget already, and goes as soon as its span is
+//!   held. Running ahead spends jitter room, so it is given back whenever the swarm needs
+//!   it: a hole is still waited for until the chunk after it is due at the target lag (not
+//!   given up at the schedule's earlier time), and a chunk output late moves the rest of
+//!   the schedule later by as much. The output pauses then (counted as stalled time) but
+//!   loses nothing the target lag would have kept; the lag only grows back toward the
+//!   target, never shrinks again. The lead is at most half the latency: a viewer that asked
+//!   for a deep buffer (a bad network, say) keeps at least half of it from the start.
 //! - **Order, exactly once.** Output is in strictly increasing seq order. A missing seq (a
 //!   hole) is waited for until the next chunk held after it is due; then the hole is given
 //!   up, counted in `lost_chunks` and skipped. Chunks hold whole MPEG-TS packets, so
@@ -553,9 +554,11 @@ impl PlayoutBuffer {
             return;
         }
         // A keyframe too young to meet the budget anyway (the channel began after we
-        // started watching, say): keep the target lag.
+        // started watching, say): keep the target lag. Not after a restart: that start
+        // has missed the budget already (its first keyframe's group did not come), and
+        // at the target lag its first byte would wait most of a latency more.
         let span_until_us = keyframe.ingest_us.saturating_add(self.start_margin_us);
-        if span_until_us.saturating_sub(self.skew_us) > start_by_us {
+        if span_until_us.saturating_sub(self.skew_us) > start_by_us && self.stats.start_restarts == 0 {
             return;
         }
         if !self.gapless_run(next_seq).any(|(_, c)| c.ingest_us >= span_until_us) {

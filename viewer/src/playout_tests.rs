@@ -524,6 +524,39 @@ fn a_newcomer_with_a_young_keyframe_starts_within_the_startup_budget() {
 }
 
 #[test]
+fn a_restarted_start_begins_once_its_keyframe_span_is_held() {
+    // Watching began at `now`, half a keyframe interval after keyframe 100. Its group
+    // never comes, so the start moves to keyframe 140 (ingested at now + 500 ms) when the
+    // margin runs out, at now + 900 ms: too late for the budget (140 was too young to meet
+    // it). Once 140..=156 (400 ms of stream) are in, at now + 1 s, output starts, half
+    // the latency ahead, not at 140's target-lag deadline half a second later.
+    let now = 100 * SEC;
+    let at = |i: u64| chunk(100 + i, now - 500 * MS + i * 25 * MS, i % 40 == 0);
+    let mut arrivals = vec![(now, at(0))];
+    arrivals.extend((11..=20).map(|i| (now + 10 * MS, at(i))));
+    arrivals.extend((1..=10).map(|i| (now + 10 * SEC, at(i))));
+    arrivals.extend((40..=80).map(|i| (now - 400 * MS + i * 25 * MS, at(i))));
+    let run = |config: PlayoutConfig| {
+        let mut buf = PlayoutBuffer::new(config);
+        assert_eq!(buf.poll_output(now), None);
+        let mut d = Driver::new(buf, arrivals.clone());
+        d.run_until(now + 12 * SEC);
+        d
+    };
+    let d = run(with_budget());
+    assert_eq!(d.seqs(), (140..=180).collect::<Vec<_>>());
+    let s = d.buf.stats();
+    assert_eq!((s.start_restarts, s.lost_chunks, s.stalled_us), (1, 0, 0), "{s:?}");
+    assert_eq!(d.out[0].at_us, now + SEC);
+    assert_eq!(s.start_ahead_us, 500 * MS);
+
+    // Without a budget, at the target lag.
+    let d = run(with_margin(1000, 2000));
+    assert_eq!(d.out[0].at_us, now + 1500 * MS);
+    assert_eq!((d.buf.stats().start_restarts, d.buf.stats().start_ahead_us), (1, 0));
+}
+
+#[test]
 fn running_ahead_a_late_chunk_is_waited_for_not_given_up() {
     // Chunk 230 comes 850 ms after its ingest: past the early schedule (700 ms), within
     // the target lag (1 s).
