@@ -6,6 +6,7 @@
 //! report knows only their command lines and their JSON output, not their code.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,6 +45,9 @@ pub struct Bench {
 /// A benchmark runs at most this long (the longest takes about two minutes); then it is
 /// killed and the report says so.
 const BENCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// A benchmark told to stop (SIGTERM) gets this long to take its testbed down before it
+/// is killed.
+const CLEANUP_GRACE: Duration = Duration::from_secs(10);
 
 /// The benchmarks, full or short.
 pub fn benches(quick: bool) -> Vec<Bench> {
@@ -121,6 +125,10 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode> {
         }
     }
     super::netns::require_root()?;
+    // A signal to the report reaches the benchmark running (see `run_bench`), which then
+    // takes its testbed down itself, instead of the report dying alone and the benchmark
+    // dying on its next write to our pipe, leaving its namespaces for the next run to sweep.
+    super::netns::install_signal_handlers();
     let chosen: Vec<Bench> =
         all.into_iter().filter(|b| args.only.is_empty() || args.only.iter().any(|n| n == b.name)).collect();
     let provenance = Provenance { commit: commit(), machine: machine(), date: utc_date(now_unix_s()) };
@@ -151,7 +159,21 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode> {
 /// Runs `rill ARGS`, its stderr passed through (progress), its stdout read as JSON lines.
 fn run_bench(exe: &Path, args: &[String]) -> Outcome {
     let started = Instant::now();
-    let mut child = match Command::new(exe).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn() {
+    let mut command = Command::new(exe);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    // Should the report be killed outright (SIGKILL, where no handler runs), the
+    // benchmark gets a SIGTERM, and cleans up as on Ctrl-C.
+    // SAFETY: prctl is an async-signal-safe system call; the closure touches no locks or
+    // allocations.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => return Outcome { error: Some(format!("cannot start: {e}")), ..Outcome::default() },
     };
@@ -168,14 +190,22 @@ fn run_bench(exe: &Path, args: &[String]) -> Outcome {
     let exit = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status.code(),
-            Ok(None) if Instant::now() >= end => {
-                // SIGTERM first so that the benchmark's testbed cleans up after itself.
+            Ok(None) if Instant::now() >= end || super::netns::interrupted() => {
+                // SIGTERM first so that the benchmark's testbed cleans up after itself;
+                // SIGKILL only if it has not ended 10 s later.
                 // SAFETY: kill has no memory preconditions; the pid is our child's.
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-                std::thread::sleep(Duration::from_secs(10));
+                let grace = Instant::now() + CLEANUP_GRACE;
+                while Instant::now() < grace && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 let _ = child.kill();
                 let _ = child.wait();
-                error = Some(format!("did not finish within {} min; stopped", BENCH_TIMEOUT.as_secs() / 60));
+                error = Some(if super::netns::interrupted() {
+                    "interrupted; stopped".to_string()
+                } else {
+                    format!("did not finish within {} min; stopped", BENCH_TIMEOUT.as_secs() / 60)
+                });
                 break None;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
