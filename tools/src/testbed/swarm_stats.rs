@@ -18,6 +18,8 @@ use crate::table::round;
 
 /// An MPEG-TS packet: 188 bytes starting with the sync byte 0x47 (ISO/IEC 13818-1 §2.4.3.2).
 pub const TS_PACKET_BYTES: usize = 188;
+/// Issue 6's startup target: a viewer's first byte within 1 s of `watch` starting.
+pub const STARTUP_TARGET_MS: f64 = 1000.0;
 const TS_SYNC_BYTE: u8 = 0x47;
 
 /// One process's `--stats-json`: its complete lines, in order.
@@ -239,6 +241,10 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
         "startup_ms".into(),
         json!({ "first_byte": spread(&mut first_byte), "first_keyframe": spread(&mut first_keyframe) }),
     );
+    // How many starts missed the target, not only how far the worst did: one run's
+    // slowest start swings by a second on the same code, a count over the joins less.
+    let over = first_byte.iter().filter(|&&b| b > STARTUP_TARGET_MS).count();
+    m.insert("first_byte_over_1s".into(), json!(over));
     m.insert("viewers_never_started".into(), json!(never_started));
     m.insert("start_shift_ms".into(), spread(&mut start_shift));
     m.insert("start_restarts".into(), json!(start_restarts));
@@ -382,6 +388,22 @@ mod tests {
         assert!((19.9..=20.4).contains(&p99), "{p99}");
         assert_eq!(m["arrival_lag_ms"]["max"], 900.0);
         assert_eq!(m["arrival_lag_pairs"], 100);
+    }
+
+    #[test]
+    fn starts_past_the_target_are_counted() {
+        let v = |first_byte: f64| {
+            line(json!({"startup_ms": {"first_byte": first_byte, "first_keyframe": 100.0}}))
+        };
+        let runs = [viewer(0, false, &v(300.0)), viewer(1, false, &v(1000.0)), viewer(2, false, &v(1000.1))];
+        let publisher = ProcessRun {
+            stats: StatsFile::parse(&line(json!({"media_bytes": 1000}))).unwrap(),
+            cpu_s: 0.0,
+            alive_s: 1.0,
+            killed: false,
+        };
+        let m = summarize(&publisher, &runs, 3).unwrap();
+        assert_eq!(m["first_byte_over_1s"], 1);
     }
 
     #[test]
