@@ -8,14 +8,15 @@
 //!   publisher are interior in every stripe. A node takes as many children as its upload
 //!   carries at [`TREE_UPLOAD_SHARE`] of capacity ([`ROOT_TREE_UPLOAD_SHARE`] for roots);
 //!   slots it lends to other stripes come out of the same count.
-//! - **Joining a tree**: `Subscribe` to a candidate; a parent with room answers `Accept`,
-//!   one without answers `Redirect` to a few of its interior children, so a walk goes down
-//!   level by level. Nodes with children walk from the roots, so trees fill from the top.
-//!   A mesh neighbour that advertises free slots in its `Have` is asked first, without a
-//!   walk. A viewer lends slots its home stripe does not use to leaves of other stripes. A full parent takes a newcomer
-//!   with much more upload than its weakest child and redirects that child below the
-//!   newcomer (mTreebone's capacity-ordered core, Wang et al., INFOCOM 2007): strong nodes
-//!   end up near the root, and trees stay shallow.
+//! - **Joining a tree**: `Subscribe` to a candidate; a parent with room answers
+//!   `Accept`, one without answers `Redirect` to a few of its interior children, so a
+//!   walk goes down level by level. Nodes with children walk from the roots, so trees
+//!   fill from the top. A mesh neighbour that advertises free slots in its `Have` is
+//!   asked first, without a walk. A viewer lends slots its home stripe does not use to
+//!   leaves of other stripes. A full parent takes a newcomer with much more upload than
+//!   its weakest child and redirects that child below the newcomer (mTreebone's
+//!   capacity-ordered core, Wang et al., INFOCOM 2007): strong nodes end up near the
+//!   root, and trees stay shallow.
 //! - **Mesh** (HyParView-like, Leitão et al., DSN 2007): a bounded active view of mesh
 //!   neighbours exchanging availability summaries (`Have`), and a bounded passive view fed by
 //!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours. What
@@ -35,14 +36,14 @@
 //!   them. The other way round, children send their parents their summaries,
 //!   and a parent drops a child it has not heard from for a second, so a crashed
 //!   child's slot goes to an orphan at once rather than after the transport's idle timeout.
-//! - **Fast join**: a parent sends a new child a keyframe chunk at once, so a newcomer can
-//!   start decoding after one round trip, and then its stripe's chunks of that keyframe
-//!   group behind the live ones: its newest keyframe, or, to a newcomer that already
-//!   started through other parents, the keyframe it started at (`Subscribe::from_seq`).
-//!   A newcomer given mesh contacts waits a moment for their summaries
-//!   and takes a free slot they advertise; failing that, a node without children in a
-//!   stripe starts its walk at the interior peers it knows, and only then at the roots,
-//!   which keeps a crowd of newcomers off the roots' uplinks.
+//! - **Fast join**: a parent sends a new child a keyframe chunk at once, so a newcomer
+//!   can start decoding after one round trip, and then its stripe's chunks of that
+//!   keyframe group behind the live ones: its newest keyframe, or, to a newcomer that
+//!   already started through other parents, the keyframe it started at
+//!   (`Subscribe::from_seq`). A newcomer given mesh contacts waits a moment for their
+//!   summaries and takes a free slot they advertise; failing that, a node without
+//!   children in a stripe starts its walk at the interior peers it knows, and only then
+//!   at the roots, which keeps a crowd of newcomers off the roots' uplinks.
 //! - **Roots** are the publisher and relays; other bootstrap peers are mesh contacts.
 //! - **Trust**: every chunk is verified before it is kept, forwarded or played; a peer that
 //!   sends a forged chunk is banned for good.

@@ -541,7 +541,8 @@ impl PlayoutBuffer {
     /// Before the first output, with the start keyframe not yet due: once the startup
     /// budget has run out, starts output now if the chunks held from the keyframe on,
     /// without a gap, span `start_margin` of stream, running the schedule ahead by what is
-    /// left of the keyframe's wait (see "Startup budget").
+    /// left of the keyframe's wait (see "Startup budget"). The keyframe must be old enough
+    /// to have met the budget, unless the start already moved to it from an earlier one.
     fn start_early(&mut self, now_us: u64, next_seq: u64) {
         let Some(start_by_us) = self.start_by_us else { return };
         // Once: a start already running ahead, or already shifted later by the start

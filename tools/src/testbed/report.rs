@@ -201,10 +201,10 @@ fn run_bench(exe: &Path, args: &[String]) -> Outcome {
                 }
                 let _ = child.kill();
                 let _ = child.wait();
-                error = Some(if super::netns::interrupted() {
-                    "interrupted; stopped".to_string()
-                } else {
+                error = Some(if Instant::now() >= end {
                     format!("did not finish within {} min; stopped", BENCH_TIMEOUT.as_secs() / 60)
+                } else {
+                    "interrupted; stopped".to_string()
                 });
                 break None;
             }
