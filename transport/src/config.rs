@@ -85,6 +85,10 @@ pub struct EndpointConfig {
     pub psk: Option<Psk>,
     /// Handshake admission under load (cookies and rate limits).
     pub admission: AdmissionConfig,
+    /// The node's upload capacity, kbit/s, as its operator states it. When set, Background
+    /// data may use the uplink the endpoint as a whole leaves unused (see `uplink.rs`);
+    /// without it Background stays within LEDBAT's window.
+    pub uplink_kbps: Option<u32>,
 }
 
 impl Default for EndpointConfig {
@@ -96,6 +100,7 @@ impl Default for EndpointConfig {
             node_key: None,
             psk: None,
             admission: AdmissionConfig::default(),
+            uplink_kbps: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::crypto::admission::{Admission, CookieJar, Verdict, COOKIE_LEN};
 use crate::crypto::handshake::{Handshake, Pattern};
 use crate::crypto::identity::{NodeId, NodeKey};
 use crate::session::{EventSink, HandshakeRejected, Received, Session, State};
+use crate::uplink::SpareUplink;
 use crate::wire::{self, Header, PacketType, SynBody, Writer, HEADER_LEN};
 
 /// Cookie challenges queued at once; more are dropped (admission rate-limits them too,
@@ -258,6 +259,8 @@ pub struct Endpoint {
     /// Datagrams the session at `cursor` has sent in its current run (see
     /// [`TRANSMIT_RUN`]).
     run: u32,
+    /// What the endpoint leaves unused of the stated uplink, when one is stated.
+    spare_uplink: Option<SpareUplink>,
     stats: EndpointStats,
 }
 
@@ -268,6 +271,8 @@ impl Endpoint {
         let node_key = config.node_key.clone().unwrap_or_else(|| Arc::new(NodeKey::generate(&mut rng)));
         let cookie_jar = CookieJar::new(now, &mut rng);
         let admission = Admission::new(config.admission.clone(), now);
+        let spare_uplink =
+            config.uplink_kbps.map(|kbps| SpareUplink::new(now, kbps, config.session.max_datagram_size));
         Self {
             config,
             epoch: now,
@@ -281,6 +286,7 @@ impl Endpoint {
             admission,
             cursor: 0,
             run: 0,
+            spare_uplink,
             stats: EndpointStats::default(),
         }
     }
@@ -563,20 +569,25 @@ impl Endpoint {
             let mut w = Writer::new(buf, HEADER_LEN);
             wire::encode_cookie_body(&mut w, initiator_id, &cookie);
             self.stats.datagrams_sent += 1;
-            return Some(Transmit { destination, size: w.pos() });
+            let size = w.pos();
+            if let Some(u) = self.spare_uplink.as_mut() {
+                u.on_sent(now, size);
+            }
+            return Some(Transmit { destination, size });
         }
+        let spare = self.spare_uplink.as_mut().is_some_and(|u| u.has_spare(now));
         let mut found = None;
         // Start at the session whose turn it is: it keeps sending until it has nothing
         // (or its run is used up), then the sessions after it take their turns.
         for (&id, s) in self.sessions.range_mut(self.cursor..) {
-            if let Some(size) = s.poll_transmit(now, buf) {
+            if let Some(size) = s.poll_transmit(now, buf, spare) {
                 found = Some((id, Transmit { destination: s.remote, size }));
                 break;
             }
         }
         if found.is_none() {
             for (&id, s) in self.sessions.range_mut(..self.cursor) {
-                if let Some(size) = s.poll_transmit(now, buf) {
+                if let Some(size) = s.poll_transmit(now, buf, spare) {
                     found = Some((id, Transmit { destination: s.remote, size }));
                     break;
                 }
@@ -593,6 +604,9 @@ impl Endpoint {
             self.run = 0;
         }
         self.stats.datagrams_sent += 1;
+        if let Some(u) = self.spare_uplink.as_mut() {
+            u.on_sent(now, transmit.size);
+        }
         Some(transmit)
     }
 
@@ -601,7 +615,14 @@ impl Endpoint {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.values().filter_map(Session::poll_timeout).min()
+        let sessions = self.sessions.values().filter_map(Session::poll_timeout).min();
+        // Background waiting for the uplink's spare: wake when there is some again.
+        let spare = self
+            .spare_uplink
+            .as_ref()
+            .and_then(SpareUplink::spare_at)
+            .filter(|_| self.sessions.values().any(Session::background_waits_for_spare));
+        sessions.into_iter().chain(spare).min()
     }
 
     pub fn session_stats(&self, session: SessionId) -> Option<SessionStats> {

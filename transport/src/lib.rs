@@ -23,6 +23,7 @@ pub mod ranges;
 pub mod rtt;
 mod session;
 mod stream_floor;
+mod uplink;
 pub mod vlink;
 pub mod wire;
 

@@ -231,6 +231,9 @@ impl LiveNode {
         let config = EndpointConfig {
             node_key: Some(opts.node_key.clone()),
             psk: opts.psk.map(Psk::new),
+            // The capacity the swarm plans the node's children by: Background (repairs,
+            // fast-join groups) may use what the node leaves of it.
+            uplink_kbps: Some(opts.upload_kbps),
             ..EndpointConfig::default()
         };
         let endpoint = Endpoint::new(config, now, opts.seed);

@@ -19,7 +19,10 @@
 //! The controller (LEDBAT++ by default) yields to any queue above its target. That is right
 //! for background traffic but would starve the live stream behind a loss-based TCP flow
 //! that keeps the bottleneck buffer full. So the window is class-aware:
-//! - **Background** may send only while bytes in flight < cwnd: a scavenger.
+//! - **Background** may send only while bytes in flight < cwnd: a scavenger. When the
+//!   node states its uplink capacity and the endpoint as a whole sends below its share of
+//!   it (`uplink.rs`), Background may fill the Stream window instead: the queue LEDBAT
+//!   yields to is then mostly the node's own bursts, and the uplink has room between them.
 //! - **Stream** may send while bytes in flight < max(cwnd, stream floor), where the floor
 //!   (see `stream_floor.rs`) is the stream's own offered rate with headroom, bounded by a
 //!   loss-based allowance: the stream keeps its bitrate whatever the queueing delay, and
@@ -203,6 +206,8 @@ pub(crate) struct Session {
     rtt: RttEstimator,
     cc: Box<dyn Controller>,
     pacer: Pacer,
+    /// Set by the endpoint at each `poll_transmit`: the node has uplink to spare.
+    uplink_spare: bool,
     pacing_until: Option<Instant>,
     peer_window: usize,
     out: BTreeMap<u64, OutMessage>,
@@ -268,6 +273,7 @@ impl Session {
             state: State::Connecting,
             cc: config.congestion.build(now, mds),
             pacer: Pacer::new(now, mds),
+            uplink_spare: false,
             config: config.clone(),
             epoch,
             created: now,
@@ -361,6 +367,7 @@ impl Session {
         if opts.class == Class::Stream {
             self.stream_floor.on_offered(now, data.len());
         }
+
         let len = data.len() as u64;
         let mut unsent = RangeSet::new();
         unsent.insert(0..len);
@@ -856,11 +863,19 @@ impl Session {
     /// The window a class may fill (see the module docs).
     fn class_window(&self, class: Class, now: Instant) -> usize {
         let cwnd = self.cc.window();
+        let stream = || cwnd.max(self.stream_floor.window(now, self.rtt.smoothed()) + 2 * self.mds());
         match class {
             Class::Control => cwnd + CONTROL_ALLOWANCE_PACKETS * self.mds(),
-            Class::Stream => cwnd.max(self.stream_floor.window(now, self.rtt.smoothed()) + 2 * self.mds()),
+            Class::Stream => stream(),
+            Class::Background if self.uplink_spare => stream(),
             Class::Background => cwnd,
         }
+    }
+
+    /// Background data is queued; the endpoint's spare uplink may let it go (see
+    /// `uplink.rs`).
+    pub fn background_waits_for_spare(&self) -> bool {
+        self.state == State::Established && self.has_queued(Class::Background)
     }
 
     fn class_may_send(&self, class: Class, now: Instant) -> bool {
@@ -880,7 +895,10 @@ impl Session {
     }
 
     /// Build the next packet into `buf`; returns its length, or None if nothing is due.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+    /// `uplink_spare`: the endpoint as a whole sends below its share of the node's stated
+    /// uplink, so Background may fill the Stream window (see `uplink.rs`).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], uplink_spare: bool) -> Option<usize> {
+        self.uplink_spare = uplink_spare;
         if self.state == State::Closed {
             return None;
         }
