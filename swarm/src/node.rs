@@ -975,11 +975,20 @@ impl Node {
             // (the newcomer pulling it instead), `rill demo` viewers skipped chunks at
             // their start (continuity 0.9992, 62 lost chunks, against 1.0 and 0).
             let Some(key) = self.start_keyframe(from_seq) else { return };
+            // A newcomer asks for all its stripes at once, often of one parent: the
+            // keyframe chunk goes once (the publisher sent it four times to each of the
+            // flash crowd's first viewers, ahead of their groups).
+            let key_sent = self
+                .stripes
+                .iter()
+                .any(|st| st.children.contains(&child) && st.child_from.get(&child) == Some(&key));
             self.stripes[stripe].child_from.insert(child, key);
             let group: Vec<Held> = self
                 .buffer
                 .range(key..)
-                .filter(|(&seq, h)| seq == key || h.chunk.stripe as usize == stripe)
+                .filter(|(&seq, h)| {
+                    (seq == key && !key_sent) || (seq != key && h.chunk.stripe as usize == stripe)
+                })
                 .map(|(_, h)| h.clone())
                 .collect();
             for h in group {

@@ -759,6 +759,29 @@ fn a_newcomers_group_starts_at_the_keyframe_it_started_at() {
 }
 
 #[test]
+fn a_newcomer_taken_on_every_stripe_gets_the_keyframe_once() {
+    let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
+    let parent = s.add_roomy_parent(100);
+    s.run_to_phase(5);
+    let key = s.next_seq - 5;
+    let me = info(200, 4000, false);
+    for stripe in 0..STRIPES {
+        s.inject(me.id, parent, Message::Subscribe { stripe, starting: true, from_seq: key, info: me });
+    }
+    s.run_for(Duration::from_millis(600));
+    let taken: Vec<u64> =
+        (0..STRIPES as u64).filter(|&st| s.nodes[&parent].children(st as usize).contains(&me.id)).collect();
+    assert!(taken.len() >= 2, "taken on stripes {taken:?}");
+    let sent = s.sent(parent, me.id);
+    assert_eq!(sent.iter().filter(|q| **q == key).count(), 1, "sent {sent:?}");
+    // And the rest of every group it was taken on.
+    let want: BTreeSet<u64> =
+        (key + 1..s.next_seq - 4).filter(|q| taken.contains(&(q % STRIPES as u64))).collect();
+    let got: BTreeSet<u64> = sent.into_iter().collect();
+    assert_eq!(want.difference(&got).count(), 0);
+}
+
+#[test]
 fn a_newcomer_asks_its_later_parents_for_the_group_it_started() {
     let mut s = Swarm::grown(8, 40, 6000, Duration::from_millis(20), Duration::from_secs(3));
     s.run_to_phase(KEYFRAME_EVERY - 3);
