@@ -25,7 +25,7 @@ use super::swarm_stats::{self, check_ts, OutputCheck, ProcessRun, StatsFile, Vie
 use crate::live::publish::SAMPLE_TS;
 use crate::table::round;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SwarmArgs {
     /// Viewers, each in a namespace of its own (the publisher has one more).
     #[arg(long, default_value_t = 30)]
@@ -44,6 +44,12 @@ pub struct SwarmArgs {
     /// Seed of the topology and churn schedule (same seed, same plan).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run this many times, with seeds --seed, --seed + 1, …, printing each run's figures
+    /// and then the totals over all of them: one run's slowest start or lost chunks swing
+    /// widely with the seed, and builds compare fairly only over several. With --keep,
+    /// run N's files go to DIR/seed-N.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub runs: u64,
     /// Viewers' target playout lag, ms.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub latency: u64,
@@ -101,6 +107,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the run loop looks at its schedule and its processes.
 const TICK: Duration = Duration::from_millis(50);
 const MAX_NODES: usize = 100;
+/// Most runs of one `--runs` (each a full run of its own, ~10 s plus --duration).
+const MAX_RUNS: u64 = 1000;
 
 /// One host of the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,6 +219,9 @@ fn validate(args: &SwarmArgs) -> Result<()> {
     }
     if !(100..=10_000).contains(&args.latency) {
         bail!("--latency must be 100 to 10000 ms");
+    }
+    if !(1..=MAX_RUNS).contains(&args.runs) {
+        bail!("--runs must be 1 to {MAX_RUNS}");
     }
     if args.verify_output && args.churn {
         bail!(
@@ -410,22 +421,40 @@ fn wait_for_link(run: &mut Run<'_>, path: &Path) -> Result<String> {
 pub fn run(args: &SwarmArgs) -> Result<ExitCode> {
     validate(args)?;
     netns::require_root()?;
-    let dir = WorkDir::new(args.keep.as_deref())?;
-    let started = Instant::now();
-    let (figures, ok) = run_in_testbed(args, &dir)?;
-    let mut figures = figures;
-    figures.insert("wall_s".into(), json!(round(started.elapsed().as_secs_f64(), 1)));
-    let figures = Value::Object(figures);
-    if args.json {
-        println!("{figures}");
-    } else {
-        crate::table::print_figures("rill testbed swarm", &figures);
+    let mut all_ok = true;
+    let mut each = Vec::new();
+    for n in 0..args.runs {
+        let seed = args.seed + n;
+        let keep = match (&args.keep, args.runs) {
+            (Some(k), r) if r > 1 => Some(k.join(format!("seed-{seed}"))),
+            (k, _) => k.clone(),
+        };
+        let run_args = SwarmArgs { seed, keep, runs: 1, ..args.clone() };
+        let dir = WorkDir::new(run_args.keep.as_deref())?;
+        let started = Instant::now();
+        let (mut figures, ok) = run_in_testbed(&run_args, &dir)?;
+        figures.insert("wall_s".into(), json!(round(started.elapsed().as_secs_f64(), 1)));
+        let figures = Value::Object(figures);
+        if args.json {
+            println!("{figures}");
+        } else {
+            crate::table::print_figures("rill testbed swarm", &figures);
+        }
+        if !ok {
+            eprintln!("rill testbed swarm: seed {seed}: checks failed (see \"checks\" above)");
+        }
+        all_ok &= ok;
+        each.push((seed, figures));
     }
-    if !ok {
-        eprintln!("rill testbed swarm: checks failed (see \"checks\" above)");
-        return Ok(ExitCode::from(1));
+    if args.runs > 1 {
+        let totals = swarm_stats::over_runs(&each);
+        if args.json {
+            println!("{totals}");
+        } else {
+            crate::table::print_figures("rill testbed swarm: all runs", &totals);
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Builds the topology, runs the processes, tears everything down, and checks nothing
@@ -827,22 +856,22 @@ mod tests {
             churn: false,
             nat: 0.0,
             seed: 1,
+            runs: 1,
             latency: 1000,
             verify_output: false,
             keep: None,
             json: false,
         };
         assert!(validate(&ok).is_ok());
-        assert!(validate(&SwarmArgs { nodes: 0, ..clone(&ok) }).is_err());
-        assert!(validate(&SwarmArgs { nodes: 1000, ..clone(&ok) }).is_err());
-        assert!(validate(&SwarmArgs { nat: 1.5, ..clone(&ok) }).is_err());
-        assert!(validate(&SwarmArgs { nat: f64::NAN, ..clone(&ok) }).is_err());
-        assert!(validate(&SwarmArgs { duration: 0.5, ..clone(&ok) }).is_err());
-        assert!(validate(&SwarmArgs { churn: true, verify_output: true, ..clone(&ok) }).is_err());
-    }
-
-    fn clone(a: &SwarmArgs) -> SwarmArgs {
-        SwarmArgs { keep: a.keep.clone(), ..*a }
+        assert!(validate(&SwarmArgs { runs: 0, ..ok.clone() }).is_err());
+        assert!(validate(&SwarmArgs { runs: 1001, ..ok.clone() }).is_err());
+        assert!(validate(&SwarmArgs { runs: 8, ..ok.clone() }).is_ok());
+        assert!(validate(&SwarmArgs { nodes: 0, ..ok.clone() }).is_err());
+        assert!(validate(&SwarmArgs { nodes: 1000, ..ok.clone() }).is_err());
+        assert!(validate(&SwarmArgs { nat: 1.5, ..ok.clone() }).is_err());
+        assert!(validate(&SwarmArgs { nat: f64::NAN, ..ok.clone() }).is_err());
+        assert!(validate(&SwarmArgs { duration: 0.5, ..ok.clone() }).is_err());
+        assert!(validate(&SwarmArgs { churn: true, verify_output: true, ..ok.clone() }).is_err());
     }
 
     #[test]

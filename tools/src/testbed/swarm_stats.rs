@@ -245,6 +245,7 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
     // slowest start swings by a second on the same code, a count over the joins less.
     let over = first_byte.iter().filter(|&&b| b > STARTUP_TARGET_MS).count();
     m.insert("first_byte_over_1s".into(), json!(over));
+    m.insert("viewers_started".into(), json!(first_byte.len()));
     m.insert("viewers_never_started".into(), json!(never_started));
     m.insert("start_shift_ms".into(), spread(&mut start_shift));
     m.insert("start_restarts".into(), json!(start_restarts));
@@ -266,6 +267,59 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
         }),
     );
     Ok(m)
+}
+
+/// The totals of `--runs` (each run's figures with its seed): counts summed over all
+/// runs' viewers, extremes and per-run lists of the figures a target is set on, and how
+/// many runs met each target.
+pub fn over_runs(runs: &[(u64, Value)]) -> Value {
+    let sum = |key: &str| runs.iter().filter_map(|(_, f)| f.get(key).and_then(Value::as_u64)).sum::<u64>();
+    let each = |path: &[&str]| -> Vec<Value> {
+        runs.iter()
+            .map(|(_, f)| path.iter().try_fold(f, |v, k| v.get(*k)).cloned().unwrap_or(Value::Null))
+            .collect()
+    };
+    let extreme = |values: &[Value], max: bool| {
+        let nums = values.iter().filter_map(Value::as_f64);
+        if max {
+            nums.reduce(f64::max)
+        } else {
+            nums.reduce(f64::min)
+        }
+    };
+    let first_byte_max = each(&["startup_ms", "first_byte", "max"]);
+    let continuity = each(&["continuity_index"]);
+    let lag_above = each(&["targets", "arrival_lag_p99_above_max_path_ms", "value"]);
+    let mut met = Map::new();
+    for (_, f) in runs {
+        for (name, t) in f.get("targets").and_then(Value::as_object).into_iter().flatten() {
+            let e = met.entry(name.clone()).or_insert(json!(0));
+            if t.get("met").and_then(Value::as_bool) == Some(true) {
+                *e = json!(e.as_u64().unwrap_or(0) + 1);
+            }
+        }
+    }
+    let failed = runs
+        .iter()
+        .filter(|(_, f)| {
+            f.pointer("/checks/failures").and_then(Value::as_array).is_none_or(|a| !a.is_empty())
+        })
+        .count();
+    json!({
+        "scenario": "swarm-runs",
+        "runs": runs.len(),
+        "seeds": runs.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        "viewers_started": sum("viewers_started"),
+        "first_byte_over_1s": sum("first_byte_over_1s"),
+        "viewers_never_started": sum("viewers_never_started"),
+        "start_restarts": sum("start_restarts"),
+        "lost_chunks": sum("lost_chunks"),
+        "startup_first_byte_max_ms": { "max": extreme(&first_byte_max, true), "per_run": first_byte_max },
+        "continuity_index": { "min": extreme(&continuity, false), "per_run": continuity },
+        "arrival_lag_p99_above_max_path_ms": { "max": extreme(&lag_above, true), "per_run": lag_above },
+        "runs_meeting_target": met,
+        "runs_failed_checks": failed,
+    })
 }
 
 /// Where NATed viewers got their chunks, and whether they got any: the `--nat` figures.
@@ -404,6 +458,42 @@ mod tests {
         };
         let m = summarize(&publisher, &runs, 3).unwrap();
         assert_eq!(m["first_byte_over_1s"], 1);
+        assert_eq!(m["viewers_started"], 3);
+    }
+
+    #[test]
+    fn several_runs_add_up_and_keep_each_runs_extremes() {
+        let run = |over: u64, lost: u64, max: f64, cont: f64, met: bool, failures: Value| {
+            json!({"viewers_started": 30, "first_byte_over_1s": over, "viewers_never_started": 0,
+                "start_restarts": over, "lost_chunks": lost,
+                "startup_ms": {"first_byte": {"p50": 800.0, "max": max}}, "continuity_index": cont,
+                "targets": {"startup_first_byte_max_ms": {"value": max, "limit": 1000, "met": met},
+                    "arrival_lag_p99_above_max_path_ms": {"value": max / 4.0, "limit": 500, "met": true}},
+                "checks": {"failures": failures}})
+        };
+        let runs = [
+            (3, run(0, 2, 815.0, 1.0, true, json!([]))),
+            (4, run(6, 30, 1700.0, 0.9961, false, json!([]))),
+            (5, run(2, 5, 1100.0, 0.9995, false, json!(["viewer 3 wrote nothing"]))),
+        ];
+        let t = over_runs(&runs);
+        assert_eq!(t["runs"], 3);
+        assert_eq!(t["seeds"], json!([3, 4, 5]));
+        assert_eq!(t["viewers_started"], 90);
+        assert_eq!(t["first_byte_over_1s"], 8);
+        assert_eq!(t["start_restarts"], 8);
+        assert_eq!(t["lost_chunks"], 37);
+        assert_eq!(t["startup_first_byte_max_ms"]["max"], 1700.0);
+        assert_eq!(t["startup_first_byte_max_ms"]["per_run"], json!([815.0, 1700.0, 1100.0]));
+        assert_eq!(t["continuity_index"]["min"], 0.9961);
+        assert_eq!(t["arrival_lag_p99_above_max_path_ms"]["max"], 425.0);
+        assert_eq!(t["runs_meeting_target"]["startup_first_byte_max_ms"], 1);
+        assert_eq!(t["runs_meeting_target"]["arrival_lag_p99_above_max_path_ms"], 3);
+        assert_eq!(t["runs_failed_checks"], 1);
+        // A run without figures (it failed before any) counts as failed, not as a zero.
+        let t = over_runs(&[(1, json!({}))]);
+        assert_eq!(t["runs_failed_checks"], 1);
+        assert_eq!(t["continuity_index"]["min"], Value::Null);
     }
 
     #[test]
