@@ -568,11 +568,8 @@ impl Endpoint {
             header.encode(buf);
             let mut w = Writer::new(buf, HEADER_LEN);
             wire::encode_cookie_body(&mut w, initiator_id, &cookie);
-            self.stats.datagrams_sent += 1;
             let size = w.pos();
-            if let Some(u) = self.spare_uplink.as_mut() {
-                u.on_sent(now, size);
-            }
+            self.on_datagram_sent(now, size);
             return Some(Transmit { destination, size });
         }
         let spare = self.spare_uplink.as_mut().is_some_and(|u| u.has_spare(now));
@@ -603,11 +600,17 @@ impl Endpoint {
             self.cursor = id.wrapping_add(1);
             self.run = 0;
         }
+        self.on_datagram_sent(now, transmit.size);
+        Some(transmit)
+    }
+
+    /// Every datagram `poll_transmit` hands out is counted, and metered against the spare
+    /// uplink.
+    fn on_datagram_sent(&mut self, now: Instant, size: usize) {
         self.stats.datagrams_sent += 1;
         if let Some(u) = self.spare_uplink.as_mut() {
-            u.on_sent(now, transmit.size);
+            u.on_sent(now, size);
         }
-        Some(transmit)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

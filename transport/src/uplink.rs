@@ -84,14 +84,15 @@ impl SpareUplink {
         self.tokens = (self.tokens - bytes as f64).max(-self.debt_limit);
     }
 
-    /// When there will be spare again; None while there is (as of the last call).
+    /// When there will be spare again; None while there is (as of the last call), or if
+    /// there never will be (a node that offers no upload: `--upload-kbps 0`).
     pub fn spare_at(&self) -> Option<Instant> {
         if self.tokens > 0.0 {
             return None;
         }
         // Just past zero, so the bucket is non-empty when the caller wakes.
-        let wait = (-self.tokens + 1.0) / self.rate;
-        Some(self.at + Duration::from_secs_f64(wait))
+        let wait = Duration::try_from_secs_f64((-self.tokens + 1.0) / self.rate).ok()?;
+        self.at.checked_add(wait)
     }
 }
 
@@ -136,6 +137,17 @@ mod tests {
         u.on_sent(t1, 1_000_000);
         let wait = u.spare_at().unwrap() - t1;
         assert!(wait > 39 * MS && wait < 41 * MS, "{wait:?}");
+    }
+
+    #[test]
+    fn a_node_offering_no_upload_sends_one_datagram_of_background_then_none() {
+        let t0 = Instant::now();
+        // `--upload-kbps 0` is a valid flag (a viewer that feeds no one): the rate is 0.
+        let mut u = SpareUplink::new(t0, 0, 1200);
+        assert!(u.has_spare(t0));
+        u.on_sent(t0, 1200);
+        assert!(!u.has_spare(t0 + 10_000 * MS));
+        assert_eq!(u.spare_at(), None, "no wake-up that never comes, and no panic");
     }
 
     #[test]

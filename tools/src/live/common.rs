@@ -30,7 +30,8 @@ pub struct NodeArgs {
     /// a port forward, or to pick one interface of several).
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<SocketAddr>,
-    /// Upload this node offers the swarm, kbit/s (sizes how many peers it feeds).
+    /// Upload this node offers the swarm, kbit/s (sizes how many peers it feeds, and how
+    /// much repair traffic it adds in the upload they leave).
     #[arg(long, value_name = "KBPS")]
     pub upload_kbps: Option<u32>,
     /// Append one JSON object of figures per second to FILE (names from METRICS.md).

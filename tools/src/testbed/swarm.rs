@@ -47,7 +47,7 @@ pub struct SwarmArgs {
     /// Run this many times, with seeds --seed, --seed + 1, …, printing each run's figures
     /// and then the totals over all of them: one run's slowest start or lost chunks swing
     /// widely with the seed, and builds compare fairly only over several. With --keep,
-    /// run N's files go to DIR/seed-N.
+    /// each run's files go to DIR/seed-SEED.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub runs: u64,
     /// Viewers' target playout lag, ms.
@@ -222,6 +222,9 @@ fn validate(args: &SwarmArgs) -> Result<()> {
     }
     if !(1..=MAX_RUNS).contains(&args.runs) {
         bail!("--runs must be 1 to {MAX_RUNS}");
+    }
+    if args.seed.checked_add(args.runs - 1).is_none() {
+        bail!("--seed {} with --runs {} runs past the largest seed", args.seed, args.runs);
     }
     if args.verify_output && args.churn {
         bail!(
@@ -866,6 +869,8 @@ mod tests {
         assert!(validate(&SwarmArgs { runs: 0, ..ok.clone() }).is_err());
         assert!(validate(&SwarmArgs { runs: 1001, ..ok.clone() }).is_err());
         assert!(validate(&SwarmArgs { runs: 8, ..ok.clone() }).is_ok());
+        assert!(validate(&SwarmArgs { seed: u64::MAX, runs: 2, ..ok.clone() }).is_err());
+        assert!(validate(&SwarmArgs { seed: u64::MAX, runs: 1, ..ok.clone() }).is_ok());
         assert!(validate(&SwarmArgs { nodes: 0, ..ok.clone() }).is_err());
         assert!(validate(&SwarmArgs { nodes: 1000, ..ok.clone() }).is_err());
         assert!(validate(&SwarmArgs { nat: 1.5, ..ok.clone() }).is_err());

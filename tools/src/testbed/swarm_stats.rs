@@ -274,10 +274,8 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
 /// many runs met each target.
 pub fn over_runs(runs: &[(u64, Value)]) -> Value {
     let sum = |key: &str| runs.iter().filter_map(|(_, f)| f.get(key).and_then(Value::as_u64)).sum::<u64>();
-    let each = |path: &[&str]| -> Vec<Value> {
-        runs.iter()
-            .map(|(_, f)| path.iter().try_fold(f, |v, k| v.get(*k)).cloned().unwrap_or(Value::Null))
-            .collect()
+    let each = |pointer: &str| -> Vec<Value> {
+        runs.iter().map(|(_, f)| f.pointer(pointer).cloned().unwrap_or(Value::Null)).collect()
     };
     let extreme = |values: &[Value], max: bool| {
         let nums = values.iter().filter_map(Value::as_f64);
@@ -287,16 +285,13 @@ pub fn over_runs(runs: &[(u64, Value)]) -> Value {
             nums.reduce(f64::min)
         }
     };
-    let first_byte_max = each(&["startup_ms", "first_byte", "max"]);
-    let continuity = each(&["continuity_index"]);
-    let lag_above = each(&["targets", "arrival_lag_p99_above_max_path_ms", "value"]);
-    let mut met = Map::new();
+    let first_byte_max = each("/startup_ms/first_byte/max");
+    let continuity = each("/continuity_index");
+    let lag_above = each("/targets/arrival_lag_p99_above_max_path_ms/value");
+    let mut met: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, f) in runs {
         for (name, t) in f.get("targets").and_then(Value::as_object).into_iter().flatten() {
-            let e = met.entry(name.clone()).or_insert(json!(0));
-            if t.get("met").and_then(Value::as_bool) == Some(true) {
-                *e = json!(e.as_u64().unwrap_or(0) + 1);
-            }
+            *met.entry(name.as_str()).or_default() += u64::from(t.get("met") == Some(&Value::Bool(true)));
         }
     }
     let failed = runs

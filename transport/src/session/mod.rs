@@ -367,7 +367,6 @@ impl Session {
         if opts.class == Class::Stream {
             self.stream_floor.on_offered(now, data.len());
         }
-
         let len = data.len() as u64;
         let mut unsent = RangeSet::new();
         unsent.insert(0..len);
