@@ -5,7 +5,7 @@
 //!   0x01 Hello        peer
 //!   0x02 Peers        count:v peer*count                       count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1) from_seq:v peer
-//!   0x04 Accept       stripe:u8
+//!   0x04 Accept       stripe:u8 sends_from:v
 //!   0x05 Redirect     stripe:u8 count:v peer*count             count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x06 Unsubscribe  stripe:u8
 //!   0x07 Have         latest:v recent:u64 BE spare_home:u8 spare_lend:u8
@@ -83,8 +83,12 @@ pub enum Message {
         /// redirected to it) and its upload to place it.
         info: PeerInfo,
     },
-    /// The receiver is now a child of the sender in `stripe`.
-    Accept { stripe: u8 },
+    /// The receiver is now a child of the sender in `stripe`. `sends_from`: the first of
+    /// the stripe's chunks the sender sends it (where its fast-join group or resume
+    /// starts; 0 when it holds nothing yet): chunks of the stripe below it come only from
+    /// pulls, so a newcomer whose parents started their groups at different keyframes
+    /// pulls the difference at once instead of waiting for them.
+    Accept { stripe: u8, sends_from: u64 },
     /// The sender has no room in `stripe`: try these instead (its children with room,
     /// best first; bounded by `MAX_PEERS_PER_MESSAGE`).
     Redirect { stripe: u8, candidates: Vec<PeerInfo> },
@@ -179,7 +183,8 @@ impl Message {
             Message::Hello { info } => peer_len(info),
             Message::Peers { peers } => peers_len(peers),
             Message::Subscribe { from_seq, info, .. } => 2 + varint_len(*from_seq) + peer_len(info),
-            Message::Accept { .. } | Message::Unsubscribe { .. } => 1,
+            Message::Accept { sends_from, .. } => 1 + varint_len(*sends_from),
+            Message::Unsubscribe { .. } => 1,
             Message::Redirect { candidates, .. } => 1 + peers_len(candidates),
             Message::Have(have) => varint_len(have.latest) + 10,
             Message::Request { seqs } => {
@@ -213,7 +218,10 @@ impl Message {
                 put_varint(out, *from_seq);
                 put_peer(out, info);
             }
-            Message::Accept { stripe } => out.extend_from_slice(&[TYPE_ACCEPT, *stripe]),
+            Message::Accept { stripe, sends_from } => {
+                out.extend_from_slice(&[TYPE_ACCEPT, *stripe]);
+                put_varint(out, *sends_from);
+            }
             Message::Redirect { stripe, candidates } => {
                 out.extend_from_slice(&[TYPE_REDIRECT, *stripe]);
                 put_peers(out, candidates);
@@ -272,7 +280,7 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
             };
             Message::Subscribe { stripe, starting, from_seq: read_varint(&mut r)?, info: read_peer(&mut r)? }
         }
-        TYPE_ACCEPT => Message::Accept { stripe: read_u8(&mut r)? },
+        TYPE_ACCEPT => Message::Accept { stripe: read_u8(&mut r)?, sends_from: read_varint(&mut r)? },
         TYPE_REDIRECT => {
             let stripe = read_u8(&mut r)?;
             Message::Redirect { stripe, candidates: read_peers(&mut r)? }
@@ -433,7 +441,8 @@ mod tests {
             Message::Peers { peers: vec![] },
             Message::Subscribe { stripe: 3, starting: true, from_seq: 0, info: peer(2) },
             Message::Subscribe { stripe: 1, starting: false, from_seq: 1_000_000, info: peer(3) },
-            Message::Accept { stripe: 0 },
+            Message::Accept { stripe: 0, sends_from: 0 },
+            Message::Accept { stripe: 3, sends_from: 1_000_000 },
             Message::Redirect { stripe: 2, candidates: vec![peer(4), peer(5)] },
             Message::Unsubscribe { stripe: 255 },
             Message::Have(Have { latest: 1_000_000, recent: u64::MAX, spare_home: 3, spare_lend: 0 }),
@@ -492,8 +501,8 @@ mod tests {
     #[test]
     fn encode_appends() {
         let mut out = vec![1, 2, 3];
-        Message::Accept { stripe: 7 }.encode(&mut out);
-        assert_eq!(out, [1, 2, 3, TYPE_ACCEPT, 7]);
+        Message::Accept { stripe: 7, sends_from: 5 }.encode(&mut out);
+        assert_eq!(out, [1, 2, 3, TYPE_ACCEPT, 7, 5]);
     }
 
     #[test]
@@ -654,7 +663,8 @@ mod tests {
             (any::<u8>(), any::<bool>(), seq.clone(), arb_peer()).prop_map(
                 |(stripe, starting, from_seq, info)| Message::Subscribe { stripe, starting, from_seq, info }
             ),
-            any::<u8>().prop_map(|stripe| Message::Accept { stripe }),
+            (any::<u8>(), seq.clone())
+                .prop_map(|(stripe, sends_from)| Message::Accept { stripe, sends_from }),
             (any::<u8>(), peers()).prop_map(|(stripe, candidates)| Message::Redirect { stripe, candidates }),
             any::<u8>().prop_map(|stripe| Message::Unsubscribe { stripe }),
             (seq.clone(), any::<u64>(), any::<u8>(), any::<u8>()).prop_map(

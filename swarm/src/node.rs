@@ -301,6 +301,9 @@ struct Parent {
     /// The parent's own parent in the stripe, as it told us (`Upstream`): where to look
     /// first if this parent dies.
     upstream: Option<PeerInfo>,
+    /// The first of the stripe's chunks the parent sends us (its `Accept`): the stripe's
+    /// chunks below it will not come down the tree.
+    sends_from: u64,
 }
 
 impl StripeState {
@@ -738,7 +741,7 @@ impl Node {
                 }
                 self.on_subscribe(now, from, stripe as usize, starting, from_seq)
             }
-            Message::Accept { stripe } => self.on_accept(now, from, stripe as usize),
+            Message::Accept { stripe, sends_from } => self.on_accept(now, from, stripe as usize, sends_from),
             Message::Redirect { stripe, candidates } => {
                 self.on_redirect(now, from, stripe as usize, candidates)
             }
@@ -840,7 +843,8 @@ impl Node {
             return;
         }
         if self.stripes[stripe].children.contains(&from) {
-            self.send(from, Message::Accept { stripe: stripe as u8 }, Class::Control);
+            let sends_from = self.stripes[stripe].child_from.get(&from).copied().unwrap_or(0);
+            self.send(from, Message::Accept { stripe: stripe as u8, sends_from }, Class::Control);
             return;
         }
         let cap = self.child_capacity(stripe);
@@ -963,9 +967,11 @@ impl Node {
         let children = &st.children;
         st.child_from.retain(|c, _| children.contains(c));
         self.children_heard.insert(child, now);
-        self.send(child, Message::Accept { stripe: stripe as u8 }, Class::Control);
-        self.send_upstream(child, stripe);
         if starting {
+            let key = self.start_keyframe(from_seq);
+            // Without a keyframe we send no group: only what arrives after our newest.
+            let newest = self.buffer.keys().next_back().map_or(0, |n| n + 1);
+            self.accept(child, stripe, key.unwrap_or(newest));
             // Fast join: the start keyframe chunk itself (whatever its stripe: the
             // newcomer can start decoding as soon as any one parent accepts it), ahead of
             // everything but the live chunks already queued; then this stripe's chunks
@@ -974,7 +980,7 @@ impl Node {
             // live chunks it made every other child late. Without the rest of the group
             // (the newcomer pulling it instead), `rill demo` viewers skipped chunks at
             // their start (continuity 0.9992, 62 lost chunks, against 1.0 and 0).
-            let Some(key) = self.start_keyframe(from_seq) else { return };
+            let Some(key) = key else { return };
             // A newcomer asks for all its stripes at once, often of one parent: the
             // keyframe chunk goes once (the publisher sent it four times to each of the
             // flash crowd's first viewers, ahead of their groups).
@@ -1006,6 +1012,7 @@ impl Node {
         // freshest with our live chunks, the rest behind them (`RESUME_URGENT_WITHIN`).
         let newest = self.buffer.keys().next_back().copied().unwrap_or(0);
         let from = from_seq.max(newest.saturating_sub(RESUME_STRIPE_CHUNKS * self.k() as u64));
+        self.accept(child, stripe, from);
         self.stripes[stripe].child_from.insert(child, from_seq);
         let chunks: Vec<Held> = self
             .buffer
@@ -1022,6 +1029,12 @@ impl Node {
                 self.send_repair_chunk(now, child, message);
             }
         }
+    }
+
+    /// Tell a new child it is one, and from which of the stripe's chunks on we send it.
+    fn accept(&mut self, child: NodeId, stripe: usize, sends_from: u64) {
+        self.send(child, Message::Accept { stripe: stripe as u8, sends_from }, Class::Control);
+        self.send_upstream(child, stripe);
     }
 
     /// The keyframe a newcomer's group starts at: the one it already started at
@@ -1091,7 +1104,7 @@ impl Node {
         out
     }
 
-    fn on_accept(&mut self, now: Instant, from: NodeId, stripe: usize) {
+    fn on_accept(&mut self, now: Instant, from: NodeId, stripe: usize, sends_from: u64) {
         if stripe >= self.k() {
             return;
         }
@@ -1106,8 +1119,15 @@ impl Node {
             }
             let mark = self.buffer.keys().next_back().copied();
             let st = &mut self.stripes[stripe];
-            st.parent =
-                Some(Parent { id: from, since: now, last_chunk: None, mark, have: None, upstream: None });
+            st.parent = Some(Parent {
+                id: from,
+                since: now,
+                last_chunk: None,
+                mark,
+                have: None,
+                upstream: None,
+                sends_from,
+            });
             st.candidates.clear();
             st.tried.clear();
             let children: Vec<NodeId> = st.children.iter().copied().collect();
@@ -1670,7 +1690,11 @@ impl Node {
             if self.pulls.len() >= MAX_PENDING_PULLS {
                 break;
             }
+            // Below where our parent's group or resume began (a newcomer's parents may
+            // start their groups at different keyframes): the tree will not bring it.
+            let unsent = self.stripes[(seq % k) as usize].parent.is_some_and(|p| seq < p.sends_from);
             let due = match seq.checked_sub(k).and_then(|prev| self.buffer.get(&prev)) {
+                _ if unsent => now,
                 Some(prev) => prev.arrived + period + slack,
                 // The stripe's previous chunk is missing too, with newer chunks here (a
                 // gap): late by the same measure.

@@ -890,3 +890,80 @@ fn a_node_present_from_the_channels_start_keeps_its_first_chunks_in_any_order() 
     s.run_for(Duration::from_millis(50));
     assert_eq!(s.missing(&late, 100..201), (100..200).collect::<Vec<u64>>());
 }
+
+#[test]
+fn what_a_parent_says_it_will_not_send_is_pulled_at_once() {
+    // A newcomer's parents answer subscribes sent before it held anything, so they may
+    // start their groups at different keyframes. The parent of stripe 1 sends from 52
+    // while the others send from keyframe 40: stripe 1's 41, 45 and 49 will never come
+    // down the tree and are pulled at the next tick. A gap the tree will still fill (44,
+    // which stripe 0's parent sends) waits for the stripe's cadence.
+    let key = ChannelKey::generate(&mut ChaCha8Rng::seed_from_u64(9));
+    let (publisher, neighbour) = (info(0, 20_000, false), info(1, 8000, false));
+    let mut now = Instant::now();
+    let epoch = now;
+    let mut n = Node::new(
+        config(6000),
+        info(50, 6000, false),
+        Role::Viewer,
+        key.channel_id(),
+        vec![publisher],
+        now,
+        3,
+        Box::new(Ed25519Verifier),
+    );
+    let mut asked = BTreeSet::new();
+    while asked.len() < STRIPES as usize && now < epoch + Duration::from_secs(1) {
+        if n.poll_timeout().is_some_and(|t| t <= now) {
+            n.handle_timeout(now);
+        }
+        while let Some(t) = n.poll_transmit() {
+            if let Message::Subscribe { stripe, .. } = t.message {
+                assert_eq!(t.to.id, publisher.id);
+                asked.insert(stripe);
+            }
+        }
+        now += Duration::from_millis(5);
+    }
+    assert_eq!(asked.len(), STRIPES as usize, "a newcomer asks the publisher for every stripe");
+    n.handle_message(now, neighbour.id, Message::Hello { info: neighbour });
+    n.handle_message(
+        now,
+        neighbour.id,
+        Message::Have(Have { latest: 60, recent: u64::MAX, spare_home: 0, spare_lend: 0 }),
+    );
+    for stripe in 0..STRIPES {
+        let sends_from = if stripe == 1 { 52 } else { 40 };
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from });
+    }
+    let unsent = [41, 45, 49];
+    let tree_gap = 44;
+    for seq in 40..60u64 {
+        if unsent.contains(&seq) || seq == tree_gap {
+            continue;
+        }
+        let ingest_us = (seq * CHUNK.as_micros() as u64) + 1;
+        let chunk =
+            Chunk::sign(&key, seq, ingest_us, seq == 40, STRIPES, Bytes::from(vec![7u8; 1000])).unwrap();
+        n.handle_message(now, publisher.id, Message::Chunk { hops: 1, chunk });
+    }
+    let delivered = now;
+    let mut first_asked: BTreeMap<u64, Duration> = BTreeMap::new();
+    while now < delivered + Duration::from_millis(150) {
+        if n.poll_timeout().is_some_and(|t| t <= now) {
+            n.handle_timeout(now);
+        }
+        while let Some(t) = n.poll_transmit() {
+            if let Message::Request { seqs } = t.message {
+                for seq in seqs {
+                    first_asked.entry(seq).or_insert(now - delivered);
+                }
+            }
+        }
+        now += Duration::from_millis(5);
+    }
+    for seq in unsent {
+        assert!(first_asked.contains_key(&seq), "{seq} not pulled within 150 ms: {first_asked:?}");
+    }
+    assert!(!first_asked.contains_key(&tree_gap), "{first_asked:?}");
+}
