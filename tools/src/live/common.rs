@@ -30,7 +30,8 @@ pub struct NodeArgs {
     /// a port forward, or to pick one interface of several).
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<SocketAddr>,
-    /// Upload this node offers the swarm, kbit/s (sizes how many peers it feeds, and how
+    /// Upload capacity this node offers the swarm, kbit/s, as on the wire (sizes how many
+    /// peers it feeds, with 15 % of it left for headers, acks and retransmissions, and how
     /// much repair traffic it adds in the upload they leave).
     #[arg(long, value_name = "KBPS")]
     pub upload_kbps: Option<u32>,
