@@ -1675,6 +1675,11 @@ impl Node {
         }
         // Neighbours may know of newer chunks than we hold (all our parents may be gone).
         let newest = neighbours.iter().map(|(_, h)| h.latest).max().unwrap_or(0).max(newest_held);
+        // A node whose first chunk was among the channel's first K was there when the
+        // channel began, and outputs its beginning (see `CHANNEL_HEAD_CHUNKS`): the chunks
+        // before its first are wanted too. A stripe whose first parent was replaced just
+        // then (a forger banned, say) never got its first chunk down the tree.
+        let first = if first < k { 0 } else { first };
         let from = first.max(newest.saturating_sub(HAVE_WINDOW));
         let mut by_peer: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
         // The newest chunk of each stripe held in [from, seq), as `seq` goes up.

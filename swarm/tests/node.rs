@@ -891,27 +891,18 @@ fn a_node_present_from_the_channels_start_keeps_its_first_chunks_in_any_order() 
     assert_eq!(s.missing(&late, 100..201), (100..200).collect::<Vec<u64>>());
 }
 
-#[test]
-fn what_a_parent_says_it_will_not_send_is_pulled_at_once() {
-    // A newcomer's parents answer subscribes sent before it held anything, so they may
-    // start their groups at different keyframes. The parent of stripe 1 sends from 52
-    // while the others send from keyframe 40: stripe 1's 41, 45 and 49 will never come
-    // down the tree and are pulled at the next tick. A gap the tree will still fill (44,
-    // which stripe 0's parent sends) waits for the stripe's cadence.
+/// A newcomer node that asked the publisher (played by the test) for every stripe, and
+/// a mesh neighbour whose summary names chunks up to 60. Returns the node, the time, the
+/// channel key, the publisher and the neighbour.
+fn newcomer_with_a_neighbour() -> (Node, Instant, ChannelKey, PeerInfo) {
     let key = ChannelKey::generate(&mut ChaCha8Rng::seed_from_u64(9));
     let (publisher, neighbour) = (info(0, 20_000, false), info(1, 8000, false));
     let mut now = Instant::now();
     let epoch = now;
-    let mut n = Node::new(
-        config(6000),
-        info(50, 6000, false),
-        Role::Viewer,
-        key.channel_id(),
-        vec![publisher],
-        now,
-        3,
-        Box::new(Ed25519Verifier),
-    );
+    let me = info(50, 6000, false);
+    let verifier = Box::new(Ed25519Verifier);
+    let mut n =
+        Node::new(config(6000), me, Role::Viewer, key.channel_id(), vec![publisher], now, 3, verifier);
     let mut asked = BTreeSet::new();
     while asked.len() < STRIPES as usize && now < epoch + Duration::from_secs(1) {
         if n.poll_timeout().is_some_and(|t| t <= now) {
@@ -927,43 +918,75 @@ fn what_a_parent_says_it_will_not_send_is_pulled_at_once() {
     }
     assert_eq!(asked.len(), STRIPES as usize, "a newcomer asks the publisher for every stripe");
     n.handle_message(now, neighbour.id, Message::Hello { info: neighbour });
-    n.handle_message(
-        now,
-        neighbour.id,
-        Message::Have(Have { latest: 60, recent: u64::MAX, spare_home: 0, spare_lend: 0 }),
-    );
-    for stripe in 0..STRIPES {
-        let sends_from = if stripe == 1 { 52 } else { 40 };
-        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from });
-    }
-    let unsent = [41, 45, 49];
-    let tree_gap = 44;
-    for seq in 40..60u64 {
-        if unsent.contains(&seq) || seq == tree_gap {
-            continue;
-        }
+    let have = Have { latest: 60, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    n.handle_message(now, neighbour.id, Message::Have(have));
+    (n, now, key, publisher)
+}
+
+/// Hand `n` the chunks `seqs` from `from` (keyframes at `keyframes`).
+fn hand_chunks(n: &mut Node, now: Instant, key: &ChannelKey, from: NodeId, seqs: &[u64], keyframes: &[u64]) {
+    for &seq in seqs {
         let ingest_us = (seq * CHUNK.as_micros() as u64) + 1;
-        let chunk =
-            Chunk::sign(&key, seq, ingest_us, seq == 40, STRIPES, Bytes::from(vec![7u8; 1000])).unwrap();
-        n.handle_message(now, publisher.id, Message::Chunk { hops: 1, chunk });
+        let payload = Bytes::from(vec![7u8; 1000]);
+        let chunk = Chunk::sign(key, seq, ingest_us, keyframes.contains(&seq), STRIPES, payload).unwrap();
+        n.handle_message(now, from, Message::Chunk { hops: 1, chunk });
     }
-    let delivered = now;
-    let mut first_asked: BTreeMap<u64, Duration> = BTreeMap::new();
-    while now < delivered + Duration::from_millis(150) {
+}
+
+/// Run `n` for `d` from `now`; when each seq was first requested, from `now`.
+fn first_requests(n: &mut Node, mut now: Instant, d: Duration) -> BTreeMap<u64, Duration> {
+    let start = now;
+    let mut first_asked = BTreeMap::new();
+    while now < start + d {
         if n.poll_timeout().is_some_and(|t| t <= now) {
             n.handle_timeout(now);
         }
         while let Some(t) = n.poll_transmit() {
             if let Message::Request { seqs } = t.message {
                 for seq in seqs {
-                    first_asked.entry(seq).or_insert(now - delivered);
+                    first_asked.entry(seq).or_insert(now - start);
                 }
             }
         }
         now += Duration::from_millis(5);
     }
+    first_asked
+}
+
+#[test]
+fn what_a_parent_says_it_will_not_send_is_pulled_at_once() {
+    // A newcomer's parents answer subscribes sent before it held anything, so they may
+    // start their groups at different keyframes. The parent of stripe 1 sends from 52
+    // while the others send from keyframe 40: stripe 1's 41, 45 and 49 will never come
+    // down the tree and are pulled at the next tick. A gap the tree will still fill (44,
+    // which stripe 0's parent sends) waits for the stripe's cadence.
+    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+    for stripe in 0..STRIPES {
+        let sends_from = if stripe == 1 { 52 } else { 40 };
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from });
+    }
+    let unsent = [41, 45, 49];
+    let tree_gap = 44;
+    let seqs: Vec<u64> = (40..60).filter(|s| !unsent.contains(s) && *s != tree_gap).collect();
+    hand_chunks(&mut n, now, &key, publisher.id, &seqs, &[40]);
+    let first_asked = first_requests(&mut n, now, Duration::from_millis(150));
     for seq in unsent {
         assert!(first_asked.contains_key(&seq), "{seq} not pulled within 150 ms: {first_asked:?}");
     }
     assert!(!first_asked.contains_key(&tree_gap), "{first_asked:?}");
+}
+
+#[test]
+fn a_node_there_when_the_channel_began_pulls_a_first_chunk_its_tree_missed() {
+    // The channel's first chunk (an encoder's first bytes, before its first keyframe) went
+    // down stripe 0 while this node's stripe-0 parent was being replaced; the keyframe
+    // after it came first. The node outputs the channel from its beginning, so it pulls
+    // chunk 0 like any gap (before, it only ever pulled from its first chunk on).
+    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+    for stripe in 0..STRIPES {
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 0 });
+    }
+    hand_chunks(&mut n, now, &key, publisher.id, &(1..20).collect::<Vec<u64>>(), &[1]);
+    let first_asked = first_requests(&mut n, now, Duration::from_millis(600));
+    assert!(first_asked.contains_key(&0), "{first_asked:?}");
 }
