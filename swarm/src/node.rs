@@ -40,10 +40,12 @@
 //!   can start decoding after one round trip, and then its stripe's chunks of that
 //!   keyframe group behind the live ones: its newest keyframe, or, to a newcomer that
 //!   already started through other parents, the keyframe it started at
-//!   (`Subscribe::from_seq`). A newcomer given mesh contacts waits a moment for their
-//!   summaries and takes a free slot they advertise; failing that, a node without
-//!   children in a stripe starts its walk at the interior peers it knows, and only then
-//!   at the roots, which keeps a crowd of newcomers off the roots' uplinks.
+//!   (`Subscribe::from_seq`). Its `Accept` says where the chunks it sends begin, and
+//!   the newcomer pulls at once what lies below that (its parents, asked before it held
+//!   anything, may start at different keyframes). A newcomer given mesh contacts waits
+//!   a moment for their summaries and takes a free slot they advertise; failing that, a
+//!   node without children in a stripe starts its walk at the interior peers it knows,
+//!   and only then at the roots, which keeps a crowd of newcomers off the roots' uplinks.
 //! - **Roots** are the publisher and relays; other bootstrap peers are mesh contacts.
 //! - **Trust**: every chunk is verified before it is kept, forwarded or played; a peer that
 //!   sends a forged chunk is banned for good.
@@ -843,6 +845,8 @@ impl Node {
             return;
         }
         if self.stripes[stripe].children.contains(&from) {
+            // What it first asked from: at most where we began sending (a resume may have
+            // begun later), so it waits for nothing that will not come.
             let sends_from = self.stripes[stripe].child_from.get(&from).copied().unwrap_or(0);
             self.send(from, Message::Accept { stripe: stripe as u8, sends_from }, Class::Control);
             return;
@@ -970,8 +974,8 @@ impl Node {
         if starting {
             let key = self.start_keyframe(from_seq);
             // Without a keyframe we send no group: only what arrives after our newest.
-            let newest = self.buffer.keys().next_back().map_or(0, |n| n + 1);
-            self.accept(child, stripe, key.unwrap_or(newest));
+            let after_newest = self.buffer.keys().next_back().map_or(0, |n| n + 1);
+            self.accept(child, stripe, key.unwrap_or(after_newest));
             // Fast join: the start keyframe chunk itself (whatever its stripe: the
             // newcomer can start decoding as soon as any one parent accepts it), ahead of
             // everything but the live chunks already queued; then this stripe's chunks

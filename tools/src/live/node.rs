@@ -669,7 +669,8 @@ mod tests {
     fn the_swarm_plans_payload_in_what_the_wire_leaves_of_the_stated_upload() {
         assert_eq!(payload_upload_kbps(0), 0);
         assert_eq!(payload_upload_kbps(2000), 1700);
-        assert_eq!(payload_upload_kbps(u32::MAX), (f64::from(u32::MAX) * PAYLOAD_SHARE_OF_UPLOAD) as u32);
+        // The largest figure a flag takes stays in range (4,294,967,295 × 0.85).
+        assert_eq!(payload_upload_kbps(u32::MAX), 3_650_722_200);
     }
 
     #[test]
