@@ -402,6 +402,25 @@ fn the_first_output_waits_up_to_the_start_margin_for_its_keyframe_group() {
 }
 
 #[test]
+fn a_newcomer_holding_the_channels_head_starts_at_its_keyframe_under_the_margin() {
+    // It began watching 975 ms into the channel: its parents sent the group from keyframe
+    // 1, its swarm pulled chunk 0 before it, and the live chunks came ahead of the group's.
+    // Output from seq 0 at the plain deadlines would give up the group's chunks still on
+    // the way; it starts at the keyframe and waits for them.
+    let now = 100 * SEC;
+    let at = |seq: u64| chunk(seq, now - 975 * MS + seq * 25 * MS, seq == 1);
+    let mut arrivals = vec![(now, at(1)), (now, at(0))];
+    arrivals.extend((12..=21).map(|seq| (now + 10 * MS, at(seq))));
+    arrivals.extend((2..=11).map(|seq| (now + 350 * MS, at(seq))));
+    let mut d = Driver::new(PlayoutBuffer::new(with_margin(1000, 2000)), arrivals);
+    d.run_until(now + 3 * SEC);
+    assert_eq!(d.seqs(), (1..=21).collect::<Vec<_>>());
+    let s = d.buf.stats();
+    assert_eq!((s.lost_chunks, s.chunks_before_start, s.continuity_index()), (0, 1, Some(1.0)), "{s:?}");
+    assert!(s.start_shift_us > 0, "{s:?}");
+}
+
+#[test]
 fn the_start_waits_no_longer_than_the_margin() {
     // The group comes 1 s late: output starts after the 400 ms margin and the chunks still
     // missing by then are given up.
