@@ -6,7 +6,7 @@
 //!   0x02 Peers        count:v peer*count                       count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x03 Subscribe    stripe:u8 starting:u8 (0 or 1) from_seq:v peer
 //!   0x04 Accept       stripe:u8 sends_from:v
-//!   0x05 Redirect     stripe:u8 count:v peer*count             count ≤ MAX_PEERS_PER_MESSAGE
+//!   0x05 Redirect     stripe:u8 keyframe:v count:v peer*count  count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x06 Unsubscribe  stripe:u8
 //!   0x07 Have         latest:v recent:u64 BE spare_home:u8 spare_lend:u8
 //!   0x08 Request      count:v seq:v*count                      count ≤ MAX_REQUEST
@@ -74,9 +74,10 @@ pub enum Message {
         ///   holds from there, so the chunks a dead parent left undelivered come with the
         ///   new subscription instead of one pull at a time.
         /// - `starting`: the keyframe the sender started at, through its other stripes'
-        ///   parents, or 0 before it has one. The parent sends its group from there if it
-        ///   holds that keyframe, else from its newest keyframe: parents a keyframe apart
-        ///   would leave the sender's start group with a stripe missing.
+        ///   parents; before it has one, the newest keyframe a `Redirect` named, or 0. The
+        ///   parent sends its group from there if it holds that keyframe (or, lagging, will
+        ///   soon), else from its newest keyframe: parents a keyframe apart would leave the
+        ///   sender's start group with a stripe missing.
         from_seq: u64,
         /// The subscriber, as in `Hello`: a walk subscribes to nodes that never had its
         /// hello, and a parent needs its address to pass it on (a leaf it displaces is
@@ -90,8 +91,12 @@ pub enum Message {
     /// pulls the difference at once instead of waiting for them.
     Accept { stripe: u8, sends_from: u64 },
     /// The sender has no room in `stripe`: try these instead (its children with room,
-    /// best first; bounded by `MAX_PEERS_PER_MESSAGE`).
-    Redirect { stripe: u8, candidates: Vec<PeerInfo> },
+    /// best first; bounded by `MAX_PEERS_PER_MESSAGE`). `keyframe`: the newest keyframe
+    /// the sender holds (0: none), where a newcomer that holds none yet asks its parents
+    /// to start: a candidate further down the tree may not hold it yet, and would
+    /// otherwise send the group before it, a keyframe interval of stream the newcomer
+    /// has no use for, through the uplink its own start waits on.
+    Redirect { stripe: u8, keyframe: u64, candidates: Vec<PeerInfo> },
     /// The sender is no longer the receiver's child (or parent) in `stripe`.
     Unsubscribe { stripe: u8 },
     /// Mesh availability summary.
@@ -185,7 +190,9 @@ impl Message {
             Message::Subscribe { from_seq, info, .. } => 2 + varint_len(*from_seq) + peer_len(info),
             Message::Accept { sends_from, .. } => 1 + varint_len(*sends_from),
             Message::Unsubscribe { .. } => 1,
-            Message::Redirect { candidates, .. } => 1 + peers_len(candidates),
+            Message::Redirect { keyframe, candidates, .. } => {
+                1 + varint_len(*keyframe) + peers_len(candidates)
+            }
             Message::Have(have) => varint_len(have.latest) + 10,
             Message::Request { seqs } => {
                 varint_len(seqs.len() as u64) + seqs.iter().map(|&s| varint_len(s)).sum::<usize>()
@@ -222,8 +229,9 @@ impl Message {
                 out.extend_from_slice(&[TYPE_ACCEPT, *stripe]);
                 put_varint(out, *sends_from);
             }
-            Message::Redirect { stripe, candidates } => {
+            Message::Redirect { stripe, keyframe, candidates } => {
                 out.extend_from_slice(&[TYPE_REDIRECT, *stripe]);
+                put_varint(out, *keyframe);
                 put_peers(out, candidates);
             }
             Message::Unsubscribe { stripe } => out.extend_from_slice(&[TYPE_UNSUBSCRIBE, *stripe]),
@@ -283,7 +291,8 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
         TYPE_ACCEPT => Message::Accept { stripe: read_u8(&mut r)?, sends_from: read_varint(&mut r)? },
         TYPE_REDIRECT => {
             let stripe = read_u8(&mut r)?;
-            Message::Redirect { stripe, candidates: read_peers(&mut r)? }
+            let keyframe = read_varint(&mut r)?;
+            Message::Redirect { stripe, keyframe, candidates: read_peers(&mut r)? }
         }
         TYPE_UNSUBSCRIBE => Message::Unsubscribe { stripe: read_u8(&mut r)? },
         TYPE_HAVE => {
@@ -443,7 +452,8 @@ mod tests {
             Message::Subscribe { stripe: 1, starting: false, from_seq: 1_000_000, info: peer(3) },
             Message::Accept { stripe: 0, sends_from: 0 },
             Message::Accept { stripe: 3, sends_from: 1_000_000 },
-            Message::Redirect { stripe: 2, candidates: vec![peer(4), peer(5)] },
+            Message::Redirect { stripe: 2, keyframe: 0, candidates: vec![peer(4), peer(5)] },
+            Message::Redirect { stripe: 1, keyframe: 1_000_000, candidates: vec![] },
             Message::Unsubscribe { stripe: 255 },
             Message::Have(Have { latest: 1_000_000, recent: u64::MAX, spare_home: 3, spare_lend: 0 }),
             Message::Request { seqs: (0..MAX_REQUEST as u64).map(|i| i << 20).collect() },
@@ -547,7 +557,7 @@ mod tests {
             encode(&Message::Peers { peers: (0..MAX_PEERS_PER_MESSAGE as u8).map(peer).collect() });
         peers[1] = MAX_PEERS_PER_MESSAGE as u8 + 1;
         assert_eq!(decode(&peers), Err(MessageError::TooManyPeers { count: 17, max: MAX_PEERS_PER_MESSAGE }));
-        let huge = [TYPE_REDIRECT, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let huge = [TYPE_REDIRECT, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(
             decode(&huge),
             Err(MessageError::TooManyPeers { count: VARINT_MAX, max: MAX_PEERS_PER_MESSAGE })
@@ -665,7 +675,9 @@ mod tests {
             ),
             (any::<u8>(), seq.clone())
                 .prop_map(|(stripe, sends_from)| Message::Accept { stripe, sends_from }),
-            (any::<u8>(), peers()).prop_map(|(stripe, candidates)| Message::Redirect { stripe, candidates }),
+            (any::<u8>(), seq.clone(), peers()).prop_map(|(stripe, keyframe, candidates)| {
+                Message::Redirect { stripe, keyframe, candidates }
+            }),
             any::<u8>().prop_map(|stripe| Message::Unsubscribe { stripe }),
             (seq.clone(), any::<u64>(), any::<u8>(), any::<u8>()).prop_map(
                 |(latest, recent, spare_home, spare_lend)| {

@@ -40,12 +40,15 @@
 //!   can start decoding after one round trip, and then its stripe's chunks of that
 //!   keyframe group behind the live ones: its newest keyframe, or, to a newcomer that
 //!   already started through other parents, the keyframe it started at
-//!   (`Subscribe::from_seq`). Its `Accept` says where the chunks it sends begin, and
-//!   the newcomer pulls at once what lies below that (its parents, asked before it held
-//!   anything, may start at different keyframes). A newcomer given mesh contacts waits
-//!   a moment for their summaries and takes a free slot they advertise; failing that, a
-//!   node without children in a stripe starts its walk at the interior peers it knows,
-//!   and only then at the roots, which keeps a crowd of newcomers off the roots' uplinks.
+//!   (`Subscribe::from_seq`); to one that holds nothing yet, the newest keyframe the
+//!   redirect that sent it there named, from the moment it arrives if the parent lags
+//!   behind it (not the older group before). Its `Accept` says where the chunks it sends
+//!   begin, and the newcomer pulls at once what lies below that (its parents, asked
+//!   before it held anything, may start at different keyframes). A newcomer given mesh
+//!   contacts waits a moment for their summaries and takes a free slot they advertise;
+//!   failing that, a node without children in a stripe starts its walk at the interior
+//!   peers it knows, and only then at the roots, which keeps a crowd of newcomers off the
+//!   roots' uplinks.
 //! - **Roots** are the publisher and relays; other bootstrap peers are mesh contacts.
 //! - **Trust**: every chunk is verified before it is kept, forwarded or played; a peer that
 //!   sends a forged chunk is banned for good.
@@ -389,6 +392,9 @@ pub struct Node {
     stripes: Vec<StripeState>,
     buffer: BTreeMap<u64, Held>,
     latest_keyframe: Option<u64>,
+    /// The newest keyframe named in a redirect we followed: where a newcomer that holds no
+    /// keyframe yet asks its parents to start (see `Message::Redirect`).
+    keyframe_heard: u64,
     /// First sequence number this node wants (its start); repairs never go below it.
     first_needed: Option<u64>,
     /// When the first chunk reached us.
@@ -485,6 +491,7 @@ impl Node {
             stripes: (0..k).map(|_| StripeState::default()).collect(),
             buffer: BTreeMap::new(),
             latest_keyframe: None,
+            keyframe_heard: 0,
             first_needed: None,
             first_arrival: None,
             pulls: BTreeMap::new(),
@@ -744,8 +751,8 @@ impl Node {
                 self.on_subscribe(now, from, stripe as usize, starting, from_seq)
             }
             Message::Accept { stripe, sends_from } => self.on_accept(now, from, stripe as usize, sends_from),
-            Message::Redirect { stripe, candidates } => {
-                self.on_redirect(now, from, stripe as usize, candidates)
+            Message::Redirect { stripe, keyframe, candidates } => {
+                self.on_redirect(now, from, stripe as usize, keyframe, candidates)
             }
             Message::Unsubscribe { stripe } => self.on_unsubscribe(now, from, stripe as usize),
             Message::Have(have) => {
@@ -870,7 +877,7 @@ impl Node {
             self.stripes[stripe].children.remove(&gone);
             self.adopt(now, from, stripe, starting, from_seq);
             let candidates = self.redirect_candidates(now, stripe, gone);
-            self.send(gone, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
+            self.redirect(gone, stripe, candidates);
             return;
         }
         // Our home stripe's slots are lent out: the home stripe comes first (lent slots
@@ -889,11 +896,7 @@ impl Node {
             {
                 self.stripes[lent_stripe].children.remove(&borrower);
                 let candidates = self.redirect_candidates(now, lent_stripe, borrower);
-                self.send(
-                    borrower,
-                    Message::Redirect { stripe: lent_stripe as u8, candidates },
-                    Class::Control,
-                );
+                self.redirect(borrower, lent_stripe, candidates);
                 self.adopt(now, from, stripe, starting, from_seq);
                 return;
             }
@@ -928,12 +931,18 @@ impl Node {
                     self.redirect_candidates(now, stripe, victim).into_iter().filter(|c| c.id != from),
                 );
                 candidates.truncate(MAX_PEERS_PER_MESSAGE);
-                self.send(victim, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
+                self.redirect(victim, stripe, candidates);
                 return;
             }
         }
         let candidates = self.redirect_candidates(now, stripe, from);
-        self.send(from, Message::Redirect { stripe: stripe as u8, candidates }, Class::Control);
+        self.redirect(from, stripe, candidates);
+    }
+
+    /// Send `to` elsewhere in `stripe`, naming our newest keyframe (see `Message::Redirect`).
+    fn redirect(&mut self, to: NodeId, stripe: usize, candidates: Vec<PeerInfo>) {
+        let keyframe = self.latest_keyframe.unwrap_or(0);
+        self.send(to, Message::Redirect { stripe: stripe as u8, keyframe, candidates }, Class::Control);
     }
 
     /// Tell `child` who our parent in `stripe` is (see `Message::Upstream`).
@@ -1041,14 +1050,24 @@ impl Node {
         self.send_upstream(child, stripe);
     }
 
-    /// The keyframe a newcomer's group starts at: the one it already started at
-    /// (`asked`, from its other parents' groups) if we hold it and it is recent (within
-    /// `HAVE_WINDOW` of our newest chunk: an older start would be a burst the newcomer's
-    /// player has moved past), else our newest keyframe.
+    /// The keyframe a newcomer's group starts at: the one it asked for (`asked`: where it
+    /// started through its other parents' groups, or the newest keyframe a redirect named)
+    /// if it is recent (within `HAVE_WINDOW` of our newest chunk: an older start would be
+    /// a burst the newcomer's player has moved past) and we hold it, or do not hold it
+    /// yet but it is newer than our own newest keyframe (we lag behind whoever named it,
+    /// or its stripe's chunk is still on the way: we send from it as it comes, not the
+    /// older group before it); else our newest keyframe. A start beyond `HAVE_WINDOW`
+    /// past our newest chunk is not taken: we would send the newcomer nothing for long.
     fn start_keyframe(&self, asked: u64) -> Option<u64> {
         let newest = self.buffer.keys().next_back().copied()?;
-        let recent = asked > 0 && asked.saturating_add(HAVE_WINDOW) >= newest;
-        if recent && self.buffer.get(&asked).is_some_and(|h| h.chunk.keyframe) {
+        let near = asked > 0
+            && asked.saturating_add(HAVE_WINDOW) >= newest
+            && asked <= newest.saturating_add(HAVE_WINDOW);
+        let take = match self.buffer.get(&asked) {
+            Some(h) => h.chunk.keyframe,
+            None => self.latest_keyframe.is_none_or(|k| asked > k),
+        };
+        if near && take {
             return Some(asked);
         }
         self.latest_keyframe
@@ -1144,7 +1163,14 @@ impl Node {
         }
     }
 
-    fn on_redirect(&mut self, now: Instant, from: NodeId, stripe: usize, candidates: Vec<PeerInfo>) {
+    fn on_redirect(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        stripe: usize,
+        keyframe: u64,
+        candidates: Vec<PeerInfo>,
+    ) {
         if stripe >= self.k() {
             return;
         }
@@ -1162,6 +1188,7 @@ impl Node {
         if !was_parent && !was_pending {
             return;
         }
+        self.keyframe_heard = self.keyframe_heard.max(keyframe);
         if was_parent {
             st.parent = None;
             self.stats.reparents += 1;
@@ -1302,13 +1329,15 @@ impl Node {
         // that came in late, and ~1,000 chunks a second came in late through the trees
         // alone; as Background, none did (continuity 0.9946 -> 0.9967).
         for c in self.forwarding_order(stripe) {
-            if c == from {
+            // Not to a child that starts after it (a newcomer that asked for a keyframe we
+            // did not hold yet, or a resume from beyond it).
+            if c == from || self.stripes[stripe].child_from.get(&c).is_some_and(|&first| chunk.seq < first) {
                 continue;
             }
             let message = Message::Chunk { hops: hops.saturating_add(1), chunk: chunk.clone() };
             if live {
                 self.send_chunk(now, c, message);
-            } else if self.stripes[stripe].child_from.get(&c).is_none_or(|&first| chunk.seq >= first) {
+            } else {
                 self.send_repair_chunk(now, c, message);
             }
         }
@@ -1503,7 +1532,7 @@ impl Node {
             None => self
                 .first_needed
                 .filter(|f| self.buffer.get(f).is_some_and(|h| h.chunk.keyframe))
-                .unwrap_or(0),
+                .unwrap_or(self.keyframe_heard),
         };
         let message =
             Message::Subscribe { stripe: stripe as u8, starting: latest.is_none(), from_seq, info: self.me };

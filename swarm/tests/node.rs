@@ -739,6 +739,7 @@ fn a_newcomers_group_starts_at_the_keyframe_it_started_at() {
         (0, newest_key),
         (previous_key + 1, newest_key),                  // not a keyframe
         (previous_key - 4 * KEYFRAME_EVERY, newest_key), // further back than a group or two
+        (newest_key + 4 * KEYFRAME_EVERY, newest_key),   // beyond the summary window ahead
     ];
     let home = Node::home_stripe(&parent, STRIPES) as u64;
     let newcomers: Vec<NodeId> = cases
@@ -756,6 +757,49 @@ fn a_newcomers_group_starts_at_the_keyframe_it_started_at() {
         assert_eq!(want.difference(&group).count(), 0, "asked from {from_seq}: sent {sent:?}");
         assert!(sent.iter().all(|q| *q >= start), "asked from {from_seq}: sent {sent:?}");
     }
+}
+
+#[test]
+fn a_parent_asked_for_a_keyframe_it_has_not_got_yet_sends_from_it_not_the_group_before() {
+    // A redirect named the keyframe the newcomer is to start at; this parent lags behind
+    // the node that named it (here: it is not published yet). Sending its own newest group
+    // instead would spend its uplink on a keyframe interval the newcomer has no use for.
+    let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
+    let parent = s.add_roomy_parent(100);
+    s.run_to_phase(5);
+    let next_key = s.next_seq - 5 + KEYFRAME_EVERY;
+    let home = Node::home_stripe(&parent, STRIPES) as u64;
+    let newcomer = s.subscribe_as_newcomer(200, parent, home as u8, next_key);
+    s.run_for(Duration::from_millis(600));
+    assert!(s.next_seq <= next_key, "the keyframe is not published yet");
+    assert_eq!(s.sent(parent, newcomer), Vec::<u64>::new(), "nothing before the keyframe asked for");
+    s.run_for(Duration::from_millis(800));
+    // From the keyframe on, the stripe's chunks as they come (the last few may be on
+    // their way down the tree still).
+    let sent = s.sent(parent, newcomer);
+    assert!(sent.len() >= 2 && sent[0] == next_key, "sent {sent:?}, from {next_key}");
+    let want: Vec<u64> = (next_key..=sent[sent.len() - 1]).filter(|q| q % STRIPES as u64 == home).collect();
+    assert_eq!(sent, want);
+}
+
+#[test]
+fn a_newcomer_asks_where_a_redirect_said_the_stream_is() {
+    // The publisher is full and redirects; it names its newest keyframe, and the newcomer,
+    // holding nothing yet, asks the candidate to start there.
+    let (mut n, now, _, publisher) = newcomer_with_a_neighbour();
+    let candidate = info(7, 8000, false);
+    n.handle_message(
+        now,
+        publisher.id,
+        Message::Redirect { stripe: 2, keyframe: 120, candidates: vec![candidate] },
+    );
+    let mut asked = Vec::new();
+    while let Some(t) = n.poll_transmit() {
+        if let Message::Subscribe { stripe, starting, from_seq, .. } = t.message {
+            asked.push((t.to.id, stripe, starting, from_seq));
+        }
+    }
+    assert_eq!(asked, vec![(candidate.id, 2, true, 120)]);
 }
 
 #[test]
