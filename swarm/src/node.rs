@@ -242,6 +242,20 @@ const RESUME_STRIPE_CHUNKS: u64 = 8;
 /// second after); 200 ms, 0.9946; 300 ms, 0.9958 (0.8671); 500 ms, 0.9947. Without churn
 /// (`issue-10k.toml`) all Background 0.9993, all Stream 0.9996, 300 ms 0.9995.
 const RESUME_URGENT_WITHIN: Duration = Duration::from_millis(300);
+/// The head of a newcomer's keyframe group that a parent sends with its live chunks
+/// (Stream), ahead of the rest of the group (Background): the first 200 ms of stream after
+/// the keyframe, half the viewer's start margin (`rill_viewer::playout::DEFAULT_START_MARGIN`,
+/// what a viewer must hold from its keyframe on before output may begin). Behind the live
+/// chunks, from the nearly full uplinks of the flash crowd, the head came last and the
+/// start waited for it. `rill testbed swarm --nodes 30 --duration 8 --runs 16 --seed S`,
+/// head as Background → 200 ms as Stream, joins over 1 s / `start_restarts` /
+/// `lost_chunks`: seed 41 57 / 31 / 99 → 37 / 26 / 81 (400 ms: 46 / 29 / 91 → 37 / 20 /
+/// 123; seeds 57 and 1 likewise). But every head sent ahead delays the parent's other
+/// children: `rill sim` with 2,000 viewers (`scenarios/issue-10k.toml`, `viewers = 2000`),
+/// `continuity_index` / `lost_chunks` / `arrival_lag_ms.p99` 0.9996 / 54 / 563 → 0.9996 /
+/// 88 / 592 at 200 ms, 0.9987 / 188 / 759 at 400 ms. (The whole group as Stream made
+/// every other child late; see `adopt`.)
+const GROUP_HEAD_SPAN: Duration = Duration::from_millis(200);
 /// The channel's head: its first chunks, from seq 0. A node whose start (`first_needed`)
 /// is among them still takes the chunks before its start that reach it: they are the
 /// channel's beginning (an encoder's first bytes, e.g. ffmpeg's SDT, precede its first
@@ -988,9 +1002,10 @@ impl Node {
             // Fast join: the start keyframe chunk itself (whatever its stripe: the
             // newcomer can start decoding as soon as any one parent accepts it), ahead of
             // everything but the live chunks already queued; then this stripe's chunks
-            // after it, which a player starting at that keyframe needs next, behind our
-            // live chunks (Background): a group is ~1 s of the stripe, and ahead of the
-            // live chunks it made every other child late. Without the rest of the group
+            // after it, which a player starting at that keyframe needs next: its head
+            // (`GROUP_HEAD_SPAN`) with our live chunks, the rest behind them (Background):
+            // a group is ~1 s of the stripe, and all of it ahead of the live chunks made
+            // every other child late. Without the rest of the group
             // (the newcomer pulling it instead), `rill demo` viewers skipped chunks at
             // their start (continuity 0.9992, 62 lost chunks, against 1.0 and 0).
             let Some(key) = key else { return };
@@ -1010,9 +1025,16 @@ impl Node {
                 })
                 .map(|(_, h)| h.clone())
                 .collect();
+            // The group's head, its first `GROUP_HEAD_SPAN` of stream, goes with our live
+            // chunks: the newcomer starts output once it holds that much.
+            let head_until_us = self
+                .buffer
+                .get(&key)
+                .map(|h| h.chunk.ingest_us.saturating_add(GROUP_HEAD_SPAN.as_micros() as u64));
             for h in group {
+                let head = head_until_us.is_some_and(|until| h.chunk.ingest_us < until);
                 let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
-                if h.chunk.seq == key {
+                if h.chunk.seq == key || head {
                     self.send_chunk(now, child, message);
                 } else {
                     self.send_repair_chunk(now, child, message);

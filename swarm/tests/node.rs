@@ -803,6 +803,34 @@ fn a_newcomer_asks_where_a_redirect_said_the_stream_is() {
 }
 
 #[test]
+fn a_newcomers_group_head_goes_with_the_live_chunks_and_the_rest_behind_them() {
+    // The head of the group, its first 200 ms (4 chunks of 50 ms), goes with the live
+    // chunks; the rest of the group waits behind the other children's live chunks.
+    let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
+    // Keyframes fall on stripe 0 (every 20th chunk); a parent at home in another stripe has
+    // a chunk of its stripe in the head besides the keyframe.
+    let parent = (100..).find(|&i| Node::home_stripe(&id(i), STRIPES) != 0).unwrap();
+    let parent = s.add_roomy_parent(parent);
+    s.run_to_phase(16);
+    let key = s.next_seq - 16;
+    let home = Node::home_stripe(&parent, STRIPES) as u64;
+    assert_eq!(key % STRIPES as u64, 0);
+    let group_end = s.next_seq - 4; // what the parent surely holds by now
+    let newcomer = s.subscribe_as_newcomer(200, parent, home as u8, key);
+    s.run_for(Duration::from_millis(600));
+    let stream = s.sent_in(parent, newcomer, Class::Stream);
+    let background = s.sent_in(parent, newcomer, Class::Background);
+    assert!(stream.contains(&key), "the keyframe goes first: {stream:?}");
+    for seq in (key + 1..group_end).filter(|q| q % STRIPES as u64 == home) {
+        if seq < key + 4 {
+            assert!(stream.contains(&seq) && !background.contains(&seq), "{seq}: {stream:?} {background:?}");
+        } else {
+            assert!(background.contains(&seq) && !stream.contains(&seq), "{seq}: {stream:?} {background:?}");
+        }
+    }
+}
+
+#[test]
 fn a_newcomer_taken_on_every_stripe_gets_the_keyframe_once() {
     let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
     let parent = s.add_roomy_parent(100);
