@@ -247,14 +247,14 @@ const RESUME_URGENT_WITHIN: Duration = Duration::from_millis(300);
 /// the keyframe, half the viewer's start margin (`rill_viewer::playout::DEFAULT_START_MARGIN`,
 /// what a viewer must hold from its keyframe on before output may begin). Behind the live
 /// chunks, from the nearly full uplinks of the flash crowd, the head came last and the
-/// start waited for it. `rill testbed swarm --nodes 30 --duration 8 --runs 16 --seed S`,
-/// head as Background → 200 ms as Stream, joins over 1 s / `start_restarts` /
-/// `lost_chunks`: seed 41 57 / 31 / 99 → 37 / 26 / 81 (400 ms: 46 / 29 / 91 → 37 / 20 /
-/// 123; seeds 57 and 1 likewise). But every head sent ahead delays the parent's other
-/// children: `rill sim` with 2,000 viewers (`scenarios/issue-10k.toml`, `viewers = 2000`),
-/// `continuity_index` / `lost_chunks` / `arrival_lag_ms.p99` 0.9996 / 54 / 563 → 0.9996 /
-/// 88 / 592 at 200 ms, 0.9987 / 188 / 759 at 400 ms. (The whole group as Stream made
-/// every other child late; see `adopt`.)
+/// start waited for it. `rill testbed swarm --nodes 30 --duration 8 --runs 16 --seed S`
+/// (seeds 41 and 57, each against its own control run), joins over 1 s /
+/// `start_restarts` / `lost_chunks`: head as Background 103 / 60 / 170, 200 ms as Stream
+/// 75 / 51 / 149. 400 ms did better still there, but every head sent ahead delays the
+/// parent's other children: `rill sim` with 2,000 viewers (`scenarios/issue-10k.toml`
+/// with `viewers = 2000`), `continuity_index` / `lost_chunks` / `arrival_lag_ms.p99`
+/// 0.9996 / 54 / 563 as Background, 0.9996 / 88 / 592 at 200 ms, 0.9987 / 188 / 759 at
+/// 400 ms. (The whole group as Stream made every other child late; see `adopt`.)
 const GROUP_HEAD_SPAN: Duration = Duration::from_millis(200);
 /// The channel's head: its first chunks, from seq 0. A node whose start (`first_needed`)
 /// is among them still takes the chunks before its start that reach it: they are the
@@ -1730,10 +1730,13 @@ impl Node {
         }
         // Neighbours may know of newer chunks than we hold (all our parents may be gone).
         let newest = neighbours.iter().map(|(_, h)| h.latest).max().unwrap_or(0).max(newest_held);
-        // A node whose first chunk was among the channel's first K was there when the
-        // channel began, and outputs its beginning (see `CHANNEL_HEAD_CHUNKS`): the chunks
-        // before its first are wanted too. A stripe whose first parent was replaced just
-        // then (a forger banned, say) never got its first chunk down the tree.
+        // A node whose first chunk was among the channel's first K may have been there
+        // when the channel began, and then outputs its beginning (see
+        // `CHANNEL_HEAD_CHUNKS`): the chunks before its first are wanted too. A stripe
+        // whose first parent was replaced just then (a forger banned, say) never got its
+        // first chunk down the tree. A newcomer in the channel's first second, sent a
+        // group from keyframe 1, pulls chunk 0 as well; its player starts at the keyframe
+        // and counts it before its start (see the viewer's `PRESENT_AT_START_WITHIN`).
         let first = if first < k { 0 } else { first };
         let from = first.max(newest.saturating_sub(HAVE_WINDOW));
         let mut by_peer: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
