@@ -13,6 +13,7 @@
 //!   0x09 Chunk        hops:u8 chunk                            (layout in `chunk`)
 //!   0x0a Leave
 //!   0x0b Upstream     stripe:u8 peer
+//!   0x0c Declined     count:v seq:v*count                      count ≤ MAX_REQUEST
 //! peer = node id (32 bytes) | family:u8 (4 or 6) | ip (4 or 16 bytes) | port:u16 BE
 //!        | upload_kbps:v | relay:u8 (0 or 1)
 //! v = QUIC variable-length integer (RFC 9000 §16): 1, 2, 4 or 8 bytes, values < 2^62.
@@ -111,6 +112,10 @@ pub enum Message {
     /// Parent to child: my own parent in `stripe` is `parent`. If the sender dies, its
     /// children ask that node first: it sits just above them, and is not in their subtree.
     Upstream { stripe: u8, parent: PeerInfo },
+    /// Answer to a `Request`: the sender will not send these (its pull budget for now is
+    /// spent, or it does not hold them), so the requester asks another holder at once
+    /// rather than after its pull timeout. Bounded by `MAX_REQUEST`.
+    Declined { seqs: Vec<u64> },
 }
 
 /// Peers in one `Peers` or `Redirect` message.
@@ -136,6 +141,7 @@ const TYPE_REQUEST: u8 = 0x08;
 const TYPE_CHUNK: u8 = 0x09;
 const TYPE_LEAVE: u8 = 0x0a;
 const TYPE_UPSTREAM: u8 = 0x0b;
+const TYPE_DECLINED: u8 = 0x0c;
 
 /// Address family bytes of a peer's address (the IP version numbers).
 const FAMILY_V4: u8 = 4;
@@ -194,9 +200,7 @@ impl Message {
                 1 + varint_len(*keyframe) + peers_len(candidates)
             }
             Message::Have(have) => varint_len(have.latest) + 10,
-            Message::Request { seqs } => {
-                varint_len(seqs.len() as u64) + seqs.iter().map(|&s| varint_len(s)).sum::<usize>()
-            }
+            Message::Request { seqs } | Message::Declined { seqs } => seqs_len(seqs),
             Message::Chunk { chunk, .. } => 1 + chunk.encoded_len(),
             Message::Leave => 0,
             Message::Upstream { parent, .. } => 1 + peer_len(parent),
@@ -243,10 +247,11 @@ impl Message {
             }
             Message::Request { seqs } => {
                 out.push(TYPE_REQUEST);
-                put_varint(out, seqs.len() as u64);
-                for &seq in seqs {
-                    put_varint(out, seq);
-                }
+                put_seqs(out, seqs);
+            }
+            Message::Declined { seqs } => {
+                out.push(TYPE_DECLINED);
+                put_seqs(out, seqs);
             }
             Message::Chunk { hops, chunk } => {
                 out.extend_from_slice(&[TYPE_CHUNK, *hops]);
@@ -301,14 +306,8 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
             let (spare_home, spare_lend) = (read_u8(&mut r)?, read_u8(&mut r)?);
             Message::Have(Have { latest, recent, spare_home, spare_lend })
         }
-        TYPE_REQUEST => {
-            let count = read_varint(&mut r)?;
-            if count > MAX_REQUEST as u64 {
-                return Err(MessageError::TooManySeqs { count, max: MAX_REQUEST });
-            }
-            let seqs = (0..count).map(|_| read_varint(&mut r)).collect::<Result<_, _>>()?;
-            Message::Request { seqs }
-        }
+        TYPE_REQUEST => Message::Request { seqs: read_seqs(&mut r)? },
+        TYPE_DECLINED => Message::Declined { seqs: read_seqs(&mut r)? },
         TYPE_CHUNK => {
             let hops = read_u8(&mut r)?;
             Message::Chunk { hops, chunk: Chunk::read(&mut r, payload)? }
@@ -324,6 +323,25 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
         0 => Ok(message),
         n => Err(MessageError::TrailingBytes(n)),
     }
+}
+
+fn seqs_len(seqs: &[u64]) -> usize {
+    varint_len(seqs.len() as u64) + seqs.iter().map(|&s| varint_len(s)).sum::<usize>()
+}
+
+fn put_seqs(out: &mut Vec<u8>, seqs: &[u64]) {
+    put_varint(out, seqs.len() as u64);
+    for &seq in seqs {
+        put_varint(out, seq);
+    }
+}
+
+fn read_seqs(r: &mut Reader<'_>) -> Result<Vec<u64>, MessageError> {
+    let count = read_varint(r)?;
+    if count > MAX_REQUEST as u64 {
+        return Err(MessageError::TooManySeqs { count, max: MAX_REQUEST });
+    }
+    (0..count).map(|_| read_varint(r)).collect()
 }
 
 fn peer_len(peer: &PeerInfo) -> usize {
@@ -460,6 +478,8 @@ mod tests {
             Message::Chunk { hops: 3, chunk: chunk(100) },
             Message::Leave,
             Message::Upstream { stripe: 2, parent: peer(6) },
+            Message::Declined { seqs: vec![] },
+            Message::Declined { seqs: (0..MAX_REQUEST as u64).map(|i| i << 30).collect() },
         ]
     }
 
@@ -562,11 +582,15 @@ mod tests {
             decode(&huge),
             Err(MessageError::TooManyPeers { count: VARINT_MAX, max: MAX_PEERS_PER_MESSAGE })
         );
-        let request = Message::Request { seqs: vec![0; MAX_REQUEST + 1] };
-        assert_eq!(
-            decode(&encode(&request)),
-            Err(MessageError::TooManySeqs { count: MAX_REQUEST as u64 + 1, max: MAX_REQUEST })
-        );
+        for message in [
+            Message::Request { seqs: vec![0; MAX_REQUEST + 1] },
+            Message::Declined { seqs: vec![0; MAX_REQUEST + 1] },
+        ] {
+            assert_eq!(
+                decode(&encode(&message)),
+                Err(MessageError::TooManySeqs { count: MAX_REQUEST as u64 + 1, max: MAX_REQUEST })
+            );
+        }
 
         // A payload one byte over the limit, complete or merely claimed.
         let big = encode(&Message::Chunk { hops: 0, chunk: chunk(MAX_CHUNK_PAYLOAD + 1) });
@@ -601,7 +625,7 @@ mod tests {
         }
 
         // Unknown types, including 0 (so a zeroed buffer is not a message).
-        for t in [0x00, 0x0c, 0x7f, 0xff] {
+        for t in [0x00, 0x0d, 0x7f, 0xff] {
             assert_eq!(decode(&[t]), Err(MessageError::UnknownType(t)));
         }
         assert_eq!(decode(&[]), Err(MessageError::Truncated));
@@ -684,7 +708,8 @@ mod tests {
                     Message::Have(Have { latest, recent, spare_home, spare_lend })
                 }
             ),
-            prop::collection::vec(seq, 0..=MAX_REQUEST).prop_map(|seqs| Message::Request { seqs }),
+            prop::collection::vec(seq.clone(), 0..=MAX_REQUEST).prop_map(|seqs| Message::Request { seqs }),
+            prop::collection::vec(seq, 0..=MAX_REQUEST).prop_map(|seqs| Message::Declined { seqs }),
             (any::<u8>(), arb_chunk()).prop_map(|(hops, chunk)| Message::Chunk { hops, chunk }),
             Just(Message::Leave),
             (any::<u8>(), arb_peer()).prop_map(|(stripe, parent)| Message::Upstream { stripe, parent }),

@@ -1062,3 +1062,117 @@ fn a_node_there_when_the_channel_began_pulls_a_first_chunk_its_tree_missed() {
     let first_asked = first_requests(&mut n, now, Duration::from_millis(600));
     assert!(first_asked.contains_key(&0), "{first_asked:?}");
 }
+
+#[test]
+fn a_live_chunk_that_beats_the_keyframe_group_does_not_move_the_start_past_it() {
+    // Mid-stream (past the channel's head), a newcomer's stripe-2 parent answers first and
+    // sends its live chunk 110 before the keyframe group from 100 comes down the other
+    // stripes. The group is still the start: its chunks are taken, not dropped as before
+    // the start, and a gap in it (103) is pulled like any other.
+    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+    let neighbour = info(1, 8000, false);
+    let have = Have { latest: 120, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    n.handle_message(now, neighbour.id, Message::Have(have));
+    for stripe in 0..STRIPES {
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 100 });
+    }
+    hand_chunks(&mut n, now, &key, publisher.id, &[110], &[100]);
+    let group: Vec<u64> = (100..110).filter(|&s| s != 103).collect();
+    hand_chunks(&mut n, now, &key, publisher.id, &group, &[100]);
+    let mut taken = Vec::new();
+    while let Some(e) = n.poll_event() {
+        if let NodeEvent::Chunk { seq, .. } = e {
+            taken.push(seq);
+        }
+    }
+    let mut expected = vec![110];
+    expected.extend(&group);
+    assert_eq!(taken, expected, "the group after a live chunk is taken");
+    for seq in group.iter().chain([&110]) {
+        assert!(n.holds(*seq), "{seq} held");
+    }
+    let first_asked = first_requests(&mut n, now, Duration::from_millis(600));
+    assert!(first_asked.contains_key(&103), "the group's gap is pulled: {first_asked:?}");
+    assert!(!first_asked.keys().any(|&s| s < 100), "nothing below the keyframe: {first_asked:?}");
+}
+
+#[test]
+fn a_node_over_its_pull_budget_declines_the_rest_at_once() {
+    // Pulls are served from a share of the upload (`PULL_UPLOAD_SHARE`); what is over it,
+    // or not held, is declined in one message, so the requester asks elsewhere at once.
+    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+    let neighbour = info(1, 8000, false);
+    hand_chunks(&mut n, now, &key, publisher.id, &(40..80).collect::<Vec<u64>>(), &[40]);
+    while n.poll_transmit().is_some() {}
+    let mut asked: Vec<u64> = (40..71).collect();
+    asked.push(200);
+    n.handle_message(now, neighbour.id, Message::Request { seqs: asked.clone() });
+    let (mut served, mut declined) = (Vec::new(), Vec::new());
+    while let Some(t) = n.poll_transmit() {
+        match t.message {
+            Message::Chunk { chunk, .. } if t.to.id == neighbour.id => served.push(chunk.seq),
+            Message::Declined { seqs } if t.to.id == neighbour.id => declined.extend(seqs),
+            _ => {}
+        }
+    }
+    // 6 Mbit/s × 0.15 is 11,250 bytes a 100 ms tick: twelve 1,000-byte chunks.
+    assert_eq!(served, (40..52).collect::<Vec<u64>>());
+    let mut answered = [served.clone(), declined.clone()].concat();
+    answered.sort_unstable();
+    assert_eq!(answered, asked, "every seq asked is served or declined");
+    assert!(declined.contains(&200));
+    assert_eq!(n.stats().pulls_declined, declined.len() as u64);
+    // A stranger (not a mesh neighbour of this viewer) is declined outright.
+    n.handle_message(now, id(77), Message::Request { seqs: vec![45, 46] });
+    let to_stranger: Vec<Message> =
+        std::iter::from_fn(|| n.poll_transmit()).filter(|t| t.to.id == id(77)).map(|t| t.message).collect();
+    assert_eq!(to_stranger, vec![Message::Declined { seqs: vec![45, 46] }]);
+}
+
+#[test]
+fn a_declined_pull_goes_to_another_holder_at_once() {
+    // Stripe 1's parent starts at 52, so 41, 45 and 49 are pulled at the next tick from
+    // one of two neighbours holding them. When that one declines, they go to the other
+    // at once, not after the 400 ms pull timeout, and not to the decliner again.
+    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+    let second = info(2, 8000, false);
+    n.handle_message(now, second.id, Message::Hello { info: second });
+    let have = Have { latest: 60, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    n.handle_message(now, second.id, Message::Have(have));
+    for stripe in 0..STRIPES {
+        let sends_from = if stripe == 1 { 52 } else { 40 };
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from });
+    }
+    let unsent = [41, 45, 49];
+    let seqs: Vec<u64> = (40..60).filter(|s| !unsent.contains(s)).collect();
+    hand_chunks(&mut n, now, &key, publisher.id, &seqs, &[40]);
+    let mut t = now;
+    let mut asked: BTreeMap<u64, NodeId> = BTreeMap::new();
+    while asked.len() < unsent.len() && t < now + Duration::from_millis(300) {
+        if n.poll_timeout().is_some_and(|at| at <= t) {
+            n.handle_timeout(t);
+        }
+        while let Some(tx) = n.poll_transmit() {
+            if let Message::Request { seqs } = tx.message {
+                for seq in seqs {
+                    asked.insert(seq, tx.to.id);
+                }
+            }
+        }
+        t += Duration::from_millis(5);
+    }
+    assert_eq!(asked.keys().copied().collect::<Vec<u64>>(), unsent.to_vec());
+    let decliner = asked[&41];
+    let declined: Vec<u64> = asked.iter().filter(|(_, p)| **p == decliner).map(|(s, _)| *s).collect();
+    n.handle_message(t, decliner, Message::Declined { seqs: declined.clone() });
+    let mut again: BTreeMap<u64, NodeId> = BTreeMap::new();
+    while let Some(tx) = n.poll_transmit() {
+        if let Message::Request { seqs } = tx.message {
+            for seq in seqs {
+                again.insert(seq, tx.to.id);
+            }
+        }
+    }
+    assert_eq!(again.keys().copied().collect::<Vec<u64>>(), declined, "asked again at once");
+    assert!(again.values().all(|p| *p != decliner), "not from the decliner: {again:?}");
+}

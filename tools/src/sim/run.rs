@@ -451,7 +451,7 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
 }
 
 /// Message types, for the byte breakdown.
-pub const MESSAGE_KINDS: usize = 11;
+pub const MESSAGE_KINDS: usize = 12;
 const KIND_CHUNK: usize = 8;
 pub const MESSAGE_KIND_NAMES: [&str; MESSAGE_KINDS] = [
     "hello",
@@ -465,6 +465,7 @@ pub const MESSAGE_KIND_NAMES: [&str; MESSAGE_KINDS] = [
     "chunk",
     "leave",
     "upstream",
+    "declined",
 ];
 
 fn message_kind(m: &Message) -> usize {
@@ -480,6 +481,7 @@ fn message_kind(m: &Message) -> usize {
         Message::Chunk { .. } => KIND_CHUNK,
         Message::Leave => 9,
         Message::Upstream { .. } => 10,
+        Message::Declined { .. } => 11,
     }
 }
 
@@ -493,6 +495,7 @@ fn add_stats(sum: &mut NodeStats, s: &NodeStats) {
     sum.reparents += s.reparents;
     sum.pulls_sent += s.pulls_sent;
     sum.pulls_served += s.pulls_served;
+    sum.pulls_declined += s.pulls_declined;
     sum.chunks_from_parent += s.chunks_from_parent;
     sum.orphan_ms += s.orphan_ms;
     sum.children_dropped_silent += s.children_dropped_silent;
