@@ -420,9 +420,6 @@ pub struct Node {
     /// budget is per tick). Only peers we pulled from get in, so it is bounded by
     /// `MAX_PENDING_PULLS`; expired entries go at each repair.
     declined_until: BTreeMap<NodeId, Instant>,
-    /// When the next missing chunk falls due for a pull (see `repair`), if before the
-    /// next tick.
-    repair_at: Option<Instant>,
     next_tick: Instant,
     ticks: u32,
     transmits: VecDeque<Transmit>,
@@ -519,7 +516,6 @@ impl Node {
             first_arrival: None,
             pulls: BTreeMap::new(),
             declined_until: BTreeMap::new(),
-            repair_at: None,
             next_tick: now + phase,
             ticks: 0,
             transmits: VecDeque::new(),
@@ -1775,12 +1771,7 @@ impl Node {
     /// matters: stripes travel different trees, and neighbours sit at other depths of the
     /// same tree, whose lags differ by hundreds of milliseconds under load; pulling on that
     /// difference only buys duplicates (and the congestion they cause).
-    ///
-    /// A chunk is pulled when it falls due, not at the next tick: `repair_at` wakes the
-    /// node then. At the tick's granularity a pull waited 50 ms on average, and a
-    /// newcomer's start waits on its group's last pulls (`rill testbed swarm --nodes 30`).
     fn repair(&mut self, now: Instant) {
-        self.repair_at = None;
         let Some(first) = self.first_needed else { return };
         let Some(&newest_held) = self.buffer.keys().next_back() else { return };
         let k = self.k() as u64;
@@ -1845,7 +1836,6 @@ impl Node {
                 },
             };
             if now < due {
-                self.repair_at = Some(self.repair_at.map_or(due, |at| at.min(due)));
                 continue;
             }
             // Not from a parent we dropped for silence: its last summary may still list
@@ -1886,9 +1876,6 @@ impl Node {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if now < self.next_tick {
-            if self.repair_at.is_some_and(|at| now >= at) {
-                self.repair(now);
-            }
             return;
         }
         self.next_tick = now + TICK;
@@ -1940,7 +1927,7 @@ impl Node {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.repair_at.map_or(self.next_tick, |at| at.min(self.next_tick)))
+        Some(self.next_tick)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -1176,22 +1176,3 @@ fn a_declined_pull_goes_to_another_holder_at_once() {
     assert_eq!(again.keys().copied().collect::<Vec<u64>>(), declined, "asked again at once");
     assert!(again.values().all(|p| *p != decliner), "not from the decliner: {again:?}");
 }
-
-#[test]
-fn a_gap_is_pulled_when_it_falls_due_not_at_the_next_tick() {
-    // Chunk 44 is missing between 40 and 48 of stripe 0, which came at `now`: it falls due
-    // one stripe period plus the slack after 40 (200 + 300 ms with 50 ms chunks and four
-    // stripes), and is pulled then, not at the 100 ms tick after.
-    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
-    for stripe in 0..STRIPES {
-        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 40 });
-    }
-    let seqs: Vec<u64> = (40..60).filter(|&s| s != 44).collect();
-    hand_chunks(&mut n, now, &key, publisher.id, &seqs, &[40]);
-    let first_asked = first_requests(&mut n, now, Duration::from_millis(700));
-    let asked = first_asked[&44];
-    assert!(
-        (Duration::from_millis(500)..=Duration::from_millis(505)).contains(&asked),
-        "44 pulled {asked:?} after its stripe's previous chunk"
-    );
-}
