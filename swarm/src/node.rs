@@ -19,7 +19,9 @@
 //!   root, and trees stay shallow.
 //! - **Mesh** (HyParView-like, Leitão et al., DSN 2007): a bounded active view of mesh
 //!   neighbours exchanging availability summaries (`Have`), and a bounded passive view fed by
-//!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours. What
+//!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours,
+//!   within a share of each server's upload; what a server will not send it declines at
+//!   once (`Message::Declined`), and the chunk is asked of another holder. What
 //!   a node got as repair (a pull, a fast-join group, a resume) it passes on to its
 //!   children as repair too, behind their live chunks.
 //! - **Parent failure**: a parent that sends nothing in its stripe while the stream goes on
@@ -1293,9 +1295,10 @@ impl Node {
     }
 
     /// A peer will not send chunks we pulled from it: ask other holders now, not after
-    /// the pull timeout. In `rill testbed swarm --nodes 30` a quarter of the chunks pulled
-    /// in a newcomer's first 1.5 s met a spent budget (weak uplinks serve about one chunk
-    /// a tick), and the newcomer's start waited 400 ms for each before asking again.
+    /// the pull timeout. In `rill testbed swarm --nodes 30 --runs 8` (traced, before
+    /// declines existed), servers left a quarter of the held chunks asked of them unsent
+    /// for a spent budget (662 against 2,006 sent; weak uplinks serve about one chunk a
+    /// tick), and a newcomer's start waited 400 ms for each before asking again.
     fn on_declined(&mut self, now: Instant, from: NodeId, seqs: Vec<u64>) {
         let mut released = false;
         for seq in seqs.into_iter().take(MAX_REQUEST) {
