@@ -307,6 +307,19 @@ const FIRST_SUMMARY_WAIT: Duration = Duration::from_millis(200);
 /// 0.9332, 0.0756; with this at 300 ms 0.9457, 0.0625 (at 200 ms, in an earlier build,
 /// 0.9362). Without churn (`issue-10k.toml`) 0.9950, 0.0791 before; 0.9961, 0.0322 now.
 const AHEAD_PULL_AFTER: Duration = Duration::from_millis(300);
+/// The stream a newcomer's player holds from its start keyframe on, without a gap,
+/// before it begins: the viewer's default start margin
+/// (`rill_viewer::playout::DEFAULT_START_MARGIN`).
+const START_SPAN: Duration = Duration::from_millis(400);
+/// A chunk of that span still missing this long after our first chunk came is pulled,
+/// whatever its stripe's cadence says. The parents send a group's older chunks behind
+/// their live ones, and a busy parent's backlog held starts back: in `rill testbed swarm
+/// --nodes 30` (traced), a first byte at 1215 ms waited for seq 54, which its stripe's
+/// parent never sent; the cadence made it due 300 ms after the stripe's previous chunk,
+/// itself pulled late, and it was first asked for at 1172 ms. 300 ms leaves the parents
+/// time to send the span (a keyframe group's first 200 ms go with the live chunks; see
+/// `GROUP_HEAD_SPAN`) and the pull one round trip before the 800 ms startup budget ends.
+const START_SPAN_WAIT: Duration = Duration::from_millis(300);
 /// A full parent takes a newcomer over its weakest child when the newcomer's upload is
 /// at least this many times larger (hysteresis against churning the tree).
 const PREEMPT_FACTOR: u32 = 2;
@@ -1798,6 +1811,14 @@ impl Node {
         // and counts it before its start (see the viewer's `PRESENT_AT_START_WITHIN`).
         let first = if first < k { 0 } else { first };
         let from = first.max(newest.saturating_sub(HAVE_WINDOW));
+        // Our start span (see `START_SPAN`): from our first chunk up to the first chunk
+        // held that was ingested `START_SPAN` after it.
+        let start_span_end = self.buffer.get(&first).map_or(first, |f| {
+            let until = f.chunk.ingest_us.saturating_add(START_SPAN.as_micros() as u64);
+            let end = self.buffer.range(first..).find(|(_, h)| h.chunk.ingest_us >= until);
+            end.map_or(newest + 1, |(seq, _)| seq + 1)
+        });
+        let start_span_due = self.first_arrival.map_or(now, |t| t + START_SPAN_WAIT);
         let mut by_peer: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
         // The newest chunk of each stripe held in [from, seq), as `seq` goes up.
         let mut stripe_newest: Vec<Option<(u64, Instant)>> = vec![None; k as usize];
@@ -1838,6 +1859,7 @@ impl Node {
                     },
                 },
             };
+            let due = if seq < start_span_end { due.min(start_span_due) } else { due };
             if now < due {
                 continue;
             }

@@ -1176,3 +1176,25 @@ fn a_declined_pull_goes_to_another_holder_at_once() {
     assert_eq!(again.keys().copied().collect::<Vec<u64>>(), declined, "asked again at once");
     assert!(again.values().all(|p| *p != decliner), "not from the decliner: {again:?}");
 }
+
+#[test]
+fn a_newcomers_start_chunk_its_parent_is_slow_to_send_is_pulled_soon() {
+    // The player starts once it holds `START_SPAN` (400 ms) of stream from the keyframe
+    // without a gap. Stripe 2's parent holds back 46 (in that span) and 58 (past it):
+    // 46 is pulled 300 ms after the first chunk came, 58 only on the stripe's cadence
+    // (500 ms after its stripe's previous chunk).
+    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+    for stripe in 0..STRIPES {
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 40 });
+    }
+    let seqs: Vec<u64> = (40..60).filter(|s| *s != 46 && *s != 58).collect();
+    hand_chunks(&mut n, now, &key, publisher.id, &seqs, &[40]);
+    let first_asked = first_requests(&mut n, now, Duration::from_millis(700));
+    let at = |seq: u64| first_asked.get(&seq).copied();
+    let in_span = at(46).expect("46 pulled");
+    assert!(
+        in_span >= Duration::from_millis(300) && in_span <= Duration::from_millis(400),
+        "46 at {in_span:?}"
+    );
+    assert!(at(58).is_none_or(|t| t >= Duration::from_millis(500)), "58 at {:?}", at(58));
+}
