@@ -308,9 +308,9 @@ const FIRST_SUMMARY_WAIT: Duration = Duration::from_millis(200);
 /// 0.9362). Without churn (`issue-10k.toml`) 0.9950, 0.0791 before; 0.9961, 0.0322 now.
 const AHEAD_PULL_AFTER: Duration = Duration::from_millis(300);
 /// The stream a newcomer's player holds from its start keyframe on, without a gap,
-/// before it begins: the viewer's default start margin
-/// (`rill_viewer::playout::DEFAULT_START_MARGIN`).
-const START_SPAN: Duration = Duration::from_millis(400);
+/// before it begins: 400 ms, the viewer's default start margin
+/// (`rill_viewer::playout::DEFAULT_START_MARGIN` is this constant; its reason is there).
+pub const START_SPAN: Duration = Duration::from_millis(400);
 /// A chunk of that span still missing this long after our first chunk came is pulled,
 /// whatever its stripe's cadence says. The parents send a group's older chunks behind
 /// their live ones, and a busy parent's backlog held starts back: in `rill testbed swarm

@@ -128,8 +128,9 @@ pub struct PlayoutConfig {
 /// uploads 1.5–5× the stream) the viewers that lost chunks at their start were the ones
 /// whose start keyframe was due less than about 250 ms after it arrived; those with 300 ms
 /// or more lost none there (a newcomer's first parents send the rest of the keyframe group
-/// behind the live chunks, and it pulls what they do not).
-pub const DEFAULT_START_MARGIN: Duration = Duration::from_millis(400);
+/// behind the live chunks, and it pulls what they do not). It is the swarm's `START_SPAN`,
+/// the span whose missing chunks a newcomer pulls early: one value for both.
+pub const DEFAULT_START_MARGIN: Duration = rill_swarm::node::START_SPAN;
 /// A viewer that began watching at most this long after the channel's first chunk was
 /// ingested counts as present from the start (see "Start at a keyframe"): the driver's
 /// first call may follow the first arrivals by a few milliseconds, and this little of the
