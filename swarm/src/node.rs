@@ -46,7 +46,9 @@
 //!   redirect that sent it there named, from the moment it arrives if the parent lags
 //!   behind it (not the older group before). Its `Accept` says where the chunks it sends
 //!   begin, and the newcomer pulls at once what lies below that (its parents, asked
-//!   before it held anything, may start at different keyframes). A newcomer given mesh
+//!   before it held anything, may start at different keyframes), and pulls any chunk of
+//!   its start span (what its player waits for, [`START_SPAN`]) still missing a moment
+//!   after its first chunk, whatever the stripe's cadence says. A newcomer given mesh
 //!   contacts waits a moment for their summaries and takes a free slot they advertise;
 //!   failing that, a node without children in a stripe starts its walk at the interior
 //!   peers it knows, and only then at the roots, which keeps a crowd of newcomers off the
@@ -1812,7 +1814,9 @@ impl Node {
         let first = if first < k { 0 } else { first };
         let from = first.max(newest.saturating_sub(HAVE_WINDOW));
         // Our start span (see `START_SPAN`): from our first chunk up to the first chunk
-        // held that was ingested `START_SPAN` after it.
+        // held that was ingested `START_SPAN` after it; while none is held, everything
+        // newer we know of. Empty until the first chunk itself is held (a node from the
+        // channel's head, whose start is moved to seq 0 above, until chunk 0 comes).
         let start_span_end = self.buffer.get(&first).map_or(first, |f| {
             let until = f.chunk.ingest_us.saturating_add(START_SPAN.as_micros() as u64);
             let end = self.buffer.range(first..).find(|(_, h)| h.chunk.ingest_us >= until);
