@@ -231,7 +231,7 @@ fn explain(key: &str) -> &'static str {
         "departures" => "viewers that left (crash: no Leave sent)",
         "counted_pairs" => "(viewer, chunk) pairs due while the viewer was in, after its startup",
         "arrival_lag_ms" => "ingest → whole chunk held and verified, over received counted pairs",
-        "lag_floor_ms" => "p99 over initial viewers of the lag floor (formula below)",
+        "lag_floor_ms" => "p99 over initial viewers of a lower bound on any overlay's lag (formula below)",
         "lag_floor_p50_ms" => "p50 of the same",
         "continuity_index" => "counted pairs held by ingest + playout latency",
         "lost_chunks" => "counted pairs never held",

@@ -90,6 +90,11 @@ impl Delays {
         Delays { seed, min_ns, span_ns: max_ns.saturating_sub(min_ns) }
     }
 
+    /// The smallest one-way delay of any pair.
+    pub fn min_ns(&self) -> u64 {
+        self.min_ns
+    }
+
     pub fn one_way_ns(&self, a: u32, b: u32) -> u64 {
         if a == b {
             return 0;

@@ -51,7 +51,7 @@ pub struct Results {
     pub chunk_bytes: u64,
     pub media_bytes: u64,
     pub summary: Summary,
-    /// Per initial viewer lag floor (ns), sorted.
+    /// The lag floor at each rank over the initial viewers (ns), ascending (see `floor`).
     pub floor_ns: Vec<u64>,
     /// Per viewer: wire bytes sent / (upload capacity × time in the swarm), sorted.
     pub upload_utilisation: Vec<f64>,
@@ -399,13 +399,23 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
     let summary = Summary::collect(&w.viewers, &timing, sc.chunk_bytes() as u64, grace_ns, |node| {
         w.delays.one_way_ns(0, node) + chunk_tx_ns
     });
-    let packet_ns = net::serialization_ns(net::DATAGRAM_BYTES as u64, publisher_kbps);
+    let packet_ns = |kbps: u32| net::serialization_ns(net::DATAGRAM_BYTES as u64, kbps);
     let dist = floor::shortest_delays(initial_nodes, 0, |a, b| w.delays.one_way_ns(a as u32, b as u32));
     let mut floor_ns: Vec<u64> = (0..initial_nodes)
         .filter(|&i| w.slots[i].role == Role::Viewer)
-        .map(|i| dist[i] + packet_ns)
+        .map(|i| dist[i] + packet_ns(publisher_kbps))
         .collect();
     floor_ns.sort_unstable();
+    let fastest_kbps = w.slots[1..initial_nodes].iter().map(|s| s.info.upload_kbps).max().unwrap_or(1);
+    let spread = floor::spread_times(
+        floor_ns.len(),
+        packet_ns(publisher_kbps),
+        packet_ns(fastest_kbps),
+        w.delays.min_ns(),
+    );
+    for (f, s) in floor_ns.iter_mut().zip(spread) {
+        *f = (*f).max(s);
+    }
     let utilisation = |slot: &Slot, seconds: f64| {
         (slot.wire_sent + w.acks_sent(slot)) as f64 * 8.0
             / (f64::from(slot.info.upload_kbps) * 1000.0 * seconds)

@@ -88,10 +88,12 @@ fn report_has_every_figure() {
     // 3 s of 25 ms chunks.
     assert_eq!(v["chunks"], 120);
     // The floor: at least the minimum one-way delay (10 ms) plus one 1200-byte packet at
-    // 20 Mbit/s (0.48 ms); p99 ≥ p50.
+    // 20 Mbit/s (0.48 ms); p99 ≥ p50; and a lower bound on what rill measured.
     let floor99 = v["lag_floor_ms"].as_f64().unwrap();
     let floor50 = v["lag_floor_p50_ms"].as_f64().unwrap();
     assert!(floor50 >= 10.48 && floor99 >= floor50 && floor99 <= 50.48, "{floor50} {floor99}");
+    let lag = |p: &str| v["arrival_lag_ms"][p].as_f64().unwrap();
+    assert!(lag("p50") >= floor50 && lag("p99") >= floor99, "{} {}", v["arrival_lag_ms"], floor99);
     // Counted pairs split exactly into on time, late and lost.
     let counted = v["counted_pairs"].as_u64().unwrap();
     let lost = v["lost_chunks"].as_u64().unwrap();
