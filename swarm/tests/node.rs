@@ -1178,6 +1178,34 @@ fn a_declined_pull_goes_to_another_holder_at_once() {
 }
 
 #[test]
+fn a_newcomer_at_an_old_keyframe_pulls_the_groups_backlog_soon() {
+    // A newcomer that starts at an old keyframe needs more than the start span before its
+    // player can begin: the keyframe is due soon, and the player waits for what falls due
+    // within its margin. So the span reaches to 300 ms before the newest chunk held (here
+    // 79, ingested 1,950 ms after the keyframe), for at most the group's first second.
+    // Stripe 0's parent holds back 56 (800 ms after the keyframe, past `START_SPAN`) and
+    // 64 (1,200 ms, past that second): 56 is pulled 300 ms after the first chunk came,
+    // 64 only on the stripe's cadence (500 ms after its previous chunk).
+    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+    let neighbour = info(1, 8000, false);
+    let have = Have { latest: 79, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    n.handle_message(now, neighbour.id, Message::Have(have));
+    for stripe in 0..STRIPES {
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 40 });
+    }
+    let seqs: Vec<u64> = (40..80).filter(|s| *s != 56 && *s != 64).collect();
+    hand_chunks(&mut n, now, &key, publisher.id, &seqs, &[40]);
+    let first_asked = first_requests(&mut n, now, Duration::from_millis(700));
+    let in_span = first_asked.get(&56).copied().expect("56 pulled");
+    assert!(
+        in_span >= Duration::from_millis(300) && in_span < Duration::from_millis(400),
+        "56 at {in_span:?}"
+    );
+    let past = first_asked.get(&64).copied();
+    assert!(past.is_none_or(|t| t >= Duration::from_millis(500)), "64 at {past:?}");
+}
+
+#[test]
 fn a_newcomers_start_chunk_its_parent_is_slow_to_send_is_pulled_soon() {
     // The player starts once it holds `START_SPAN` (400 ms) of stream from the keyframe
     // without a gap. Stripe 2's parent holds back 46 (in that span) and 58 (past it):
