@@ -47,8 +47,9 @@
 //!   behind it (not the older group before). Its `Accept` says where the chunks it sends
 //!   begin, and the newcomer pulls at once what lies below that (its parents, asked
 //!   before it held anything, may start at different keyframes), and pulls any chunk of
-//!   its start span (what its player waits for, [`START_SPAN`]) still missing a moment
-//!   after its first chunk, whatever the stripe's cadence says. A newcomer given mesh
+//!   its start span (what its player waits for: [`START_SPAN`] from its keyframe and, if
+//!   that keyframe is old, the group up to just behind the live edge) still missing a
+//!   moment after its first chunk, whatever the stripe's cadence says. A newcomer given mesh
 //!   contacts waits a moment for their summaries and takes a free slot they advertise;
 //!   failing that, a node without children in a stripe starts its walk at the interior
 //!   peers it knows, and only then at the roots, which keeps a crowd of newcomers off the
@@ -331,7 +332,8 @@ const START_SPAN_WAIT: Duration = Duration::from_millis(300);
 /// spread. `rill testbed swarm --nodes 30 --duration 8 --runs 8 --seed S`, seeds 65–128
 /// (64 runs), joins over 1 s / runs with every first byte within 1 s / `start_restarts`
 /// / `lost_chunks`: 88 / 25 / 62 / 266 and, rerun, 98 / 19 / 81 / 247 without; 72 / 29 /
-/// 58 / 164 with.
+/// 58 / 164 with (run after those two, not in turn with them). `rill sim
+/// scenarios/issue-10k.toml`: `lost_chunks` 143 -> 109, `arrival_lag_ms.p99` 785 -> 801.
 const START_BACKLOG_AGE: Duration = Duration::from_millis(300);
 /// How far past the first chunk that backlog reaches: one second, a keyframe interval of
 /// the usual encoder settings, so that it stays a start's business and never becomes a

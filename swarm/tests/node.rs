@@ -1177,6 +1177,31 @@ fn a_declined_pull_goes_to_another_holder_at_once() {
     assert!(again.values().all(|p| *p != decliner), "not from the decliner: {again:?}");
 }
 
+/// A newcomer starting at keyframe 40, whose parents all send from 40 and whose neighbour
+/// holds everything up to `end - 1`, is handed 40..end but for `held_back`: when each
+/// chunk was first pulled, over 700 ms.
+fn first_pulls_with_held_back(end: u64, held_back: &[u64]) -> BTreeMap<u64, Duration> {
+    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+    let neighbour = info(1, 8000, false);
+    let have = Have { latest: end - 1, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    n.handle_message(now, neighbour.id, Message::Have(have));
+    for stripe in 0..STRIPES {
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 40 });
+    }
+    let seqs: Vec<u64> = (40..end).filter(|s| !held_back.contains(s)).collect();
+    hand_chunks(&mut n, now, &key, publisher.id, &seqs, &[40]);
+    first_requests(&mut n, now, Duration::from_millis(700))
+}
+
+/// `early` was pulled `START_SPAN_WAIT` (300 ms) after the first chunk came, within the
+/// next tick; `late` no sooner than its stripe's cadence (500 ms after its previous chunk).
+fn assert_pulled_early_and_late(first_asked: &BTreeMap<u64, Duration>, early: u64, late: u64) {
+    let at = first_asked.get(&early).copied().unwrap_or_else(|| panic!("{early} not pulled"));
+    assert!(at >= Duration::from_millis(300) && at < Duration::from_millis(400), "{early} at {at:?}");
+    let at = first_asked.get(&late).copied();
+    assert!(at.is_none_or(|t| t >= Duration::from_millis(500)), "{late} at {at:?}");
+}
+
 #[test]
 fn a_newcomer_at_an_old_keyframe_pulls_the_groups_backlog_soon() {
     // A newcomer that starts at an old keyframe needs more than the start span before its
@@ -1184,45 +1209,16 @@ fn a_newcomer_at_an_old_keyframe_pulls_the_groups_backlog_soon() {
     // within its margin. So the span reaches to 300 ms before the newest chunk held (here
     // 79, ingested 1,950 ms after the keyframe), for at most the group's first second.
     // Stripe 0's parent holds back 56 (800 ms after the keyframe, past `START_SPAN`) and
-    // 64 (1,200 ms, past that second): 56 is pulled 300 ms after the first chunk came,
-    // 64 only on the stripe's cadence (500 ms after its previous chunk).
-    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
-    let neighbour = info(1, 8000, false);
-    let have = Have { latest: 79, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
-    n.handle_message(now, neighbour.id, Message::Have(have));
-    for stripe in 0..STRIPES {
-        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 40 });
-    }
-    let seqs: Vec<u64> = (40..80).filter(|s| *s != 56 && *s != 64).collect();
-    hand_chunks(&mut n, now, &key, publisher.id, &seqs, &[40]);
-    let first_asked = first_requests(&mut n, now, Duration::from_millis(700));
-    let in_span = first_asked.get(&56).copied().expect("56 pulled");
-    assert!(
-        in_span >= Duration::from_millis(300) && in_span < Duration::from_millis(400),
-        "56 at {in_span:?}"
-    );
-    let past = first_asked.get(&64).copied();
-    assert!(past.is_none_or(|t| t >= Duration::from_millis(500)), "64 at {past:?}");
+    // 64 (1,200 ms, past that second): 56 is pulled soon, 64 on the stripe's cadence.
+    let first_asked = first_pulls_with_held_back(80, &[56, 64]);
+    assert_pulled_early_and_late(&first_asked, 56, 64);
 }
 
 #[test]
 fn a_newcomers_start_chunk_its_parent_is_slow_to_send_is_pulled_soon() {
     // The player starts once it holds `START_SPAN` (400 ms) of stream from the keyframe
     // without a gap. Stripe 2's parent holds back 46 (in that span) and 58 (past it):
-    // 46 is pulled 300 ms after the first chunk came, 58 only on the stripe's cadence
-    // (500 ms after its stripe's previous chunk).
-    let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
-    for stripe in 0..STRIPES {
-        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 40 });
-    }
-    let seqs: Vec<u64> = (40..60).filter(|s| *s != 46 && *s != 58).collect();
-    hand_chunks(&mut n, now, &key, publisher.id, &seqs, &[40]);
-    let first_asked = first_requests(&mut n, now, Duration::from_millis(700));
-    let at = |seq: u64| first_asked.get(&seq).copied();
-    let in_span = at(46).expect("46 pulled");
-    assert!(
-        in_span >= Duration::from_millis(300) && in_span <= Duration::from_millis(400),
-        "46 at {in_span:?}"
-    );
-    assert!(at(58).is_none_or(|t| t >= Duration::from_millis(500)), "58 at {:?}", at(58));
+    // 46 is pulled soon, 58 on the stripe's cadence.
+    let first_asked = first_pulls_with_held_back(60, &[46, 58]);
+    assert_pulled_early_and_late(&first_asked, 46, 58);
 }

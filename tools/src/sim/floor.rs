@@ -12,7 +12,7 @@
 //!   upload, and each copy spends at least the smallest one-way delay on the way. So the
 //!   i-th node to hold a chunk's last packet cannot hold it before `spread(i)`: the i-th
 //!   arrival when the publisher (at its upload) and every holder (at the largest upload of
-//!   any node) send copies back to back from the moment they hold it, each to a node that
+//!   any other node) send copies back to back from the moment they hold it, each to a node that
 //!   has none, each taking the smallest delay. Any real schedule does no better: its k-th
 //!   arrival is some holder's j-th copy, the holders before it came no earlier than in
 //!   that race (by induction on k), and a copy is no sooner than its holder's arrival plus
@@ -92,7 +92,7 @@ pub const FORMULA: &str = "lag_floor: at each rank i over the initial viewers, m
      prop(v) = shortest-path one-way delay publisher→v over the complete graph of the initial \
      nodes (any node may relay) + one 1200-byte packet at publisher_upload_kbps; spread(i) = \
      earliest time i nodes can hold one 1200-byte packet when the publisher (at its upload) \
-     and every holder (at the largest upload of any node) send copies back to back, each \
+     and every holder (at the largest upload of any other node) send copies back to back, each \
      arriving after the smallest one-way delay; lag_floor_ms = p99 of that sequence \
      (lag_floor_p50_ms the p50)";
 
