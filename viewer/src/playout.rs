@@ -184,6 +184,20 @@ impl std::fmt::Debug for PlayoutChunk {
     }
 }
 
+/// A chunk in the buffer, with when it arrived (to tell why a chunk left late).
+#[derive(Debug)]
+struct Held {
+    chunk: PlayoutChunk,
+    arrived_us: u64,
+}
+
+impl std::ops::Deref for Held {
+    type Target = PlayoutChunk;
+    fn deref(&self) -> &PlayoutChunk {
+        &self.chunk
+    }
+}
+
 impl From<rill_swarm::chunk::Chunk> for PlayoutChunk {
     fn from(chunk: rill_swarm::chunk::Chunk) -> Self {
         Self { seq: chunk.seq, ingest_us: chunk.ingest_us, keyframe: chunk.keyframe, payload: chunk.payload }
@@ -240,6 +254,15 @@ pub struct PlayoutStats {
     pub chunks_on_time: u64,
     /// Of `lost_chunks`, those lost after startup.
     pub lost_after_startup: u64,
+    /// The chunks output after startup but not on time, by why they left late (the two
+    /// add up to `chunks_due_after_startup - chunks_on_time`): the chunk arrived after its
+    /// deadline plus [`ON_TIME_SLACK_US`] (the swarm was late) ...
+    pub late_out_arrived_late: u64,
+    /// ... or it was held by then: output was polled late (this process was busy, or its
+    /// timer woke late), or, after a stall past `max_behind`, catch-up held it while
+    /// waiting for a keyframe. Polled in time and outside catch-up, a chunk held by its
+    /// deadline leaves on time, as a hole before it is given up at that deadline.
+    pub late_out_held_in_time: u64,
 }
 
 impl PlayoutStats {
@@ -274,11 +297,11 @@ pub struct PlayoutBuffer {
     max_buffered_chunks: usize,
     /// Chunks held, by seq. Bound: `max_buffered_chunks`. After the start every key is
     /// ≥ `next_seq`.
-    held: BTreeMap<u64, PlayoutChunk>,
+    held: BTreeMap<u64, Held>,
     /// Until the first output: chunks below the start keyframe, kept in case they turn out
     /// to be the whole beginning of the channel (seq 0 onward). At most
     /// [`MAX_STREAM_HEAD_CHUNKS`]; emptied at the first output.
-    stream_head: BTreeMap<u64, PlayoutChunk>,
+    stream_head: BTreeMap<u64, Held>,
     /// Before the first keyframe: None. Then the seq of the next chunk to output.
     next_seq: Option<u64>,
     /// The seq output started at (meaningful once `next_seq` is set).
@@ -376,6 +399,7 @@ impl PlayoutBuffer {
             self.stats.late_chunks += 1;
             return;
         }
+        let chunk = Held { chunk, arrived_us: now_us };
         match self.next_seq {
             None if chunk.keyframe => self.start_at(chunk.seq),
             None => {}
@@ -410,7 +434,7 @@ impl PlayoutBuffer {
     /// At the bound: evicts the lowest seq held to make room for `chunk`, or refuses
     /// `chunk` if it is lower still (false). The keyframe output starts or resumes at (the
     /// chunk at `next_seq`) is never the one evicted, so output still begins at a keyframe.
-    fn evict_for(&mut self, chunk: &PlayoutChunk) -> bool {
+    fn evict_for(&mut self, chunk: &Held) -> bool {
         self.stats.chunks_dropped_full += 1;
         let protected = self.next_seq.filter(|seq| self.held.get(seq).is_some_and(|c| c.keyframe));
         let newcomer_protected = self.next_seq == Some(chunk.seq) && chunk.keyframe;
@@ -480,9 +504,9 @@ impl PlayoutBuffer {
             }
             // A hole before the first held chunk is given up now that the chunk is due.
             self.give_up(now_us, next_seq, first_seq, first_deadline_us, false);
-            let (_, chunk) = self.held.pop_first()?;
-            self.emit(now_us, &chunk);
-            return Some(chunk);
+            let (_, held) = self.held.pop_first()?;
+            self.emit(now_us, &held);
+            return Some(held.chunk);
         }
     }
 
@@ -541,7 +565,7 @@ impl PlayoutBuffer {
     }
 
     /// The chunks held from `from` on, in seq order, up to the first seq missing.
-    fn gapless_run(&self, from: u64) -> impl Iterator<Item = (u64, &PlayoutChunk)> + '_ {
+    fn gapless_run(&self, from: u64) -> impl Iterator<Item = (u64, &Held)> + '_ {
         (from..)
             .zip(self.held.range(from..))
             .take_while(|(expected, (&seq, _))| seq == *expected)
@@ -610,7 +634,7 @@ impl PlayoutBuffer {
 
     /// Before the first output: keep a chunk below the start keyframe if it may belong to
     /// the channel's beginning, else count it as before our start.
-    fn keep_stream_head(&mut self, seq: u64, chunk: PlayoutChunk) {
+    fn keep_stream_head(&mut self, seq: u64, chunk: Held) {
         if seq < MAX_STREAM_HEAD_CHUNKS && !self.stream_head.contains_key(&seq) {
             // seq < MAX_STREAM_HEAD_CHUNKS bounds the map to that many entries.
             self.stream_head.insert(seq, chunk);
@@ -749,7 +773,7 @@ impl PlayoutBuffer {
         self.next_seq = Some(to);
     }
 
-    fn emit(&mut self, now_us: u64, chunk: &PlayoutChunk) {
+    fn emit(&mut self, now_us: u64, chunk: &Held) {
         let deadline_us = self.deadline_us(chunk.ingest_us);
         // When the schedule had it leave; a later output moves the rest of the schedule
         // later by as much (beyond the timer slack), giving back part of the lead.
@@ -762,8 +786,13 @@ impl PlayoutBuffer {
         }
         if deadline_us > first_output_us {
             self.stats.chunks_due_after_startup += 1;
-            if now_us <= deadline_us.saturating_add(ON_TIME_SLACK_US) {
+            let on_time_until_us = deadline_us.saturating_add(ON_TIME_SLACK_US);
+            if now_us <= on_time_until_us {
                 self.stats.chunks_on_time += 1;
+            } else if chunk.arrived_us > on_time_until_us {
+                self.stats.late_out_arrived_late += 1;
+            } else {
+                self.stats.late_out_held_in_time += 1;
             }
         }
         self.count_stall(scheduled_us.saturating_add(ON_TIME_SLACK_US), now_us);

@@ -319,6 +319,35 @@ fn catch_up_after_output_stalls_for_5_s() {
 }
 
 #[test]
+fn a_late_output_tells_a_late_swarm_from_a_late_process() {
+    // 40 ms chunks arriving 30 ms after ingest, but seqs 10-12 come 1.03 s after, 10 ms
+    // past their deadlines and the slack (the swarm was late), and each before the next
+    // held chunk's deadline, so none is given up.
+    let chunks = stream(50, 10 * SEC, 40 * MS, 25);
+    let delay = |seq: u64| if (10..13).contains(&seq) { 1030 * MS } else { 30 * MS };
+    let arrivals: Vec<_> = chunks.iter().map(|c| (c.ingest_us + delay(c.seq), c.clone())).collect();
+    let mut d = Driver::new(PlayoutBuffer::new(config(1000, 2000)), arrivals.clone());
+    d.run_until(100 * SEC);
+    let s = d.buf.stats();
+    assert_eq!(d.seqs().len(), 50, "{s:?}");
+    // Each left as it came; 13 on was in time.
+    assert_eq!((s.late_out_arrived_late, s.late_out_held_in_time), (3, 0), "{s:?}");
+    assert_eq!(s.chunks_due_after_startup - s.chunks_on_time, 3);
+
+    // The same arrivals, and the output not polled for 200 ms from seq 30's deadline (a
+    // busy process): the chunks due then were held in time.
+    let mut d = Driver::new(PlayoutBuffer::new(config(1000, 2000)), arrivals);
+    let pause_from = chunks[30].ingest_us + SEC;
+    d.paused.push((pause_from, pause_from + 200 * MS));
+    d.run_until(100 * SEC);
+    let s = d.buf.stats();
+    assert_eq!(d.seqs().len(), 50, "{s:?}");
+    // Seqs 30-34 were due in the pause, more than the 20 ms slack before its end (35 is
+    // due at its end).
+    assert_eq!((s.late_out_arrived_late, s.late_out_held_in_time), (3, 5), "{s:?}");
+}
+
+#[test]
 fn catch_up_waits_for_the_next_keyframe_if_none_held_is_fresh() {
     let mut buf = PlayoutBuffer::new(config(1000, 2000));
     let t = 100 * SEC;
@@ -759,6 +788,11 @@ fn randomized_case(seed: u64) {
     assert_eq!(s.playout_lag.count(), s.chunks_out, "{context}");
     assert!(s.skipped_for_catch_up <= s.lost_chunks, "{context}");
     assert!(s.chunks_on_time <= s.chunks_due_after_startup, "{context}");
+    assert_eq!(
+        s.late_out_arrived_late + s.late_out_held_in_time,
+        s.chunks_due_after_startup - s.chunks_on_time,
+        "every late output has one cause {context}"
+    );
     if let Some(ci) = s.continuity_index() {
         assert!((0.0..=1.0).contains(&ci), "{context}");
     }

@@ -99,6 +99,12 @@ impl PlayerSnapshot {
         m.insert("chunks_out".into(), json!(p.chunks_out));
         m.insert("bytes_out".into(), json!(self.bytes_out));
         m.insert("stall_ms".into(), json!(ms(p.stalled_us)));
+        // Why the chunks not on time left late: the swarm delivered them late, or they
+        // were here in time and this process output them late (a busy machine, mostly).
+        m.insert(
+            "late_out".into(),
+            json!({ "arrived_late": p.late_out_arrived_late, "held_in_time": p.late_out_held_in_time }),
+        );
         // How far behind the target lag the start margin put this viewer (0 for most).
         m.insert("start_shift_ms".into(), json!(ms(p.start_shift_us)));
         m.insert("start_restarts".into(), json!(p.start_restarts));
@@ -286,13 +292,15 @@ pub fn run(args: &WatchArgs) -> Result<std::process::ExitCode> {
         viewer.node.await.context("node task")??;
         let p = &player.playout;
         eprintln!(
-            "rill: watched {:.1} s: {} chunks out ({} bytes), lost chunks {}, late {}, continuity {}, playout lag p50 {} ms",
+            "rill: watched {:.1} s: {} chunks out ({} bytes), lost chunks {}, late {}, continuity {} (output late: {} arrived late, {} here in time), playout lag p50 {} ms",
             started.elapsed().as_secs_f64(),
             p.chunks_out,
             player.bytes_out,
             p.lost_chunks,
             p.late_chunks,
             p.continuity_index().map_or("-".into(), |c| format!("{c:.4}")),
+            p.late_out_arrived_late,
+            p.late_out_held_in_time,
             p.playout_lag.percentile_us(0.5).map_or("-".into(), |v| format!("{}", ms(v))),
         );
         Ok(std::process::ExitCode::SUCCESS)

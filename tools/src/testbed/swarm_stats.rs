@@ -176,6 +176,9 @@ fn ratio(num: f64, den: f64, digits: i32) -> Value {
     }
 }
 
+/// The causes a viewer's `late_out` figure splits its late outputs into (`rill watch`).
+const LATE_OUT_CAUSES: [&str; 2] = ["arrived_late", "held_in_time"];
+
 /// The run's figures (METRICS.md names) from the publisher's and every viewer run's
 /// files. `viewers`: hosts, for the overhead ratio's "media bytes × viewers".
 pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> Result<Map<String, Value>> {
@@ -185,6 +188,9 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
     let (mut on_time, mut due, mut lost, mut lost_after) = (0u64, 0u64, 0u64, 0u64);
     let (mut useful, mut duplicate, mut viewer_sent) = (0u64, 0u64, 0u64);
     let mut never_started = 0usize;
+    // Why the chunks not on time left late (`PlayoutStats::late_out_*`): the swarm or the
+    // viewer's own process.
+    let mut late_out = [0u64; 2];
     // How the newcomers' starts went (`PlayoutBuffer`'s start margin): the shift each
     // started viewer took, and how often one moved on to a later keyframe.
     let (mut start_shift, mut start_restarts) = (Vec::new(), 0u64);
@@ -217,6 +223,10 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
         lost_after += s.last_u64("lost_after_startup");
         lost += s.last_u64("lost_chunks");
         start_restarts += s.last_u64("start_restarts");
+        let causes = s.last().get("late_out").cloned().unwrap_or_default();
+        for (sum, cause) in late_out.iter_mut().zip(LATE_OUT_CAUSES) {
+            *sum += causes.get(cause).and_then(Value::as_u64).unwrap_or(0);
+        }
         useful += s.last_u64("useful_payload_bytes");
         duplicate += s.last_u64("duplicate_payload_bytes");
         viewer_sent += s.last_u64("bytes_sent");
@@ -251,6 +261,10 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
     m.insert("start_restarts".into(), json!(start_restarts));
     m.insert("start_ahead_ms".into(), spread(&mut start_ahead));
     m.insert("stall_ms".into(), spread(&mut stall));
+    m.insert(
+        "late_out".into(),
+        Value::Object(LATE_OUT_CAUSES.iter().map(|c| c.to_string()).zip(late_out.map(Value::from)).collect()),
+    );
     m.insert("continuity_index".into(), ratio(on_time as f64, (due + lost_after) as f64, 4));
     m.insert("lost_chunks".into(), json!(lost));
     m.insert("duplicate_ratio".into(), ratio(duplicate as f64, useful as f64, 3));
@@ -498,7 +512,8 @@ mod tests {
                 "lost_chunks": lost, "bytes_sent": sent, "useful_payload_bytes": 1000, "duplicate_payload_bytes": 50,
                 "startup_ms": {"first_byte": 300.0, "first_keyframe": 250.0},
                 "start_shift_ms": lost as f64 * 100.0, "start_restarts": lost,
-                "start_ahead_ms": on as f64 / 10.0, "stall_ms": sent as f64 / 100.0}))
+                "start_ahead_ms": on as f64 / 10.0, "stall_ms": sent as f64 / 100.0,
+                "late_out": {"arrived_late": due - on, "held_in_time": 1}}))
         };
         let runs = [viewer(0, false, &v(990, 995, 5, 2000)), viewer(1, false, &v(1000, 1000, 0, 0))];
         let publisher = ProcessRun {
@@ -527,6 +542,7 @@ mod tests {
             (Some(99.0), Some(100.0))
         );
         assert_eq!((m["stall_ms"]["p50"].as_f64(), m["stall_ms"]["max"].as_f64()), (Some(0.0), Some(20.0)));
+        assert_eq!(m["late_out"], json!({"arrived_late": 5, "held_in_time": 2}));
     }
 
     #[test]
