@@ -954,6 +954,25 @@ mod tests {
     }
 
     #[test]
+    fn a_keepalive_held_back_by_the_send_path_does_not_fire_again_and_again() {
+        let mut p = Pair::new(test_config());
+        let (sa, _) = p.connect();
+        p.run_for(Duration::from_millis(100));
+        // The keepalive comes due while nothing is polled to send (as when a pacer or the
+        // stated line holds the packet back): once handled, its deadline is not due still.
+        let due = p.a.poll_timeout().unwrap();
+        let keepalive = p.now + test_config().session.keepalive_interval;
+        assert!(due <= keepalive, "the keepalive is the next timer at the latest: {:?}", due - p.now);
+        p.a.handle_timeout(keepalive);
+        let next = p.a.poll_timeout().unwrap();
+        assert!(next > keepalive, "a timer still due {:?} ago", keepalive - next);
+        // The keepalive goes when the send path lets it.
+        let mut buf = [0u8; 1500];
+        assert!(p.a.poll_transmit(keepalive, &mut buf).is_some(), "the keepalive is sent");
+        assert!(p.a.session_stats(sa).is_some());
+    }
+
+    #[test]
     fn handshake_survives_loss_and_times_out_without_peer() {
         let mut p = Pair::new(test_config());
         p.drop = Box::new(|n, _| n <= 3);

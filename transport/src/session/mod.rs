@@ -755,7 +755,13 @@ impl Session {
         }
         consider(self.loss_time.or(self.rto_deadline()));
         consider(Some(self.last_recv + self.config.idle_timeout));
-        consider(self.keepalive_deadline());
+        // A keepalive already wanted (`ping_pending`) is no timer any more: it waits for
+        // the send path (the pacer may hold it back), and its deadline, left in the past,
+        // fired again at once, and again: the driver's loop spun without a yield until the
+        // ping went, and the tasks beside it on its thread (a viewer's player) waited.
+        if !self.ping_pending {
+            consider(self.keepalive_deadline());
+        }
         consider(self.pacing_until);
         consider(self.deadlines.first().map(|&(d, _)| d));
         consider(self.close_deadline);
