@@ -500,7 +500,7 @@ fn run_in_testbed(args: &SwarmArgs, dir: &WorkDir) -> Result<(Map<String, Value>
         });
     }
     eprintln!(
-        "rill testbed swarm: publisher and {} viewers in namespaces ({} behind NAT), max path delay {} ms",
+        "rill testbed swarm: publisher and {} viewers in namespaces ({} behind NAT), max path delay {:.1} ms",
         args.nodes,
         plan.viewers.iter().filter(|v| v.nat).count(),
         plan.max_path_delay_ms()
