@@ -958,18 +958,19 @@ mod tests {
         let mut p = Pair::new(test_config());
         let (sa, _) = p.connect();
         p.run_for(Duration::from_millis(100));
-        // The keepalive comes due while nothing is polled to send (as when a pacer or the
-        // stated line holds the packet back): once handled, its deadline is not due still.
+        assert_eq!(p.a.session_stats(sa).unwrap().bytes_in_flight, 0, "the handshake is acked");
+        // The keepalive comes due while nothing is polled to send (as when the pacer holds
+        // the packet back): once handled, its deadline is not due still.
         let due = p.a.poll_timeout().unwrap();
         let keepalive = p.now + test_config().session.keepalive_interval;
         assert!(due <= keepalive, "the keepalive is the next timer at the latest: {:?}", due - p.now);
         p.a.handle_timeout(keepalive);
         let next = p.a.poll_timeout().unwrap();
         assert!(next > keepalive, "a timer still due {:?} ago", keepalive - next);
-        // The keepalive goes when the send path lets it.
+        // The keepalive goes when the send path lets it: an ack-eliciting packet, in flight.
         let mut buf = [0u8; 1500];
-        assert!(p.a.poll_transmit(keepalive, &mut buf).is_some(), "the keepalive is sent");
-        assert!(p.a.session_stats(sa).is_some());
+        assert!(p.a.poll_transmit(keepalive, &mut buf).is_some(), "a packet is sent");
+        assert!(p.a.session_stats(sa).unwrap().bytes_in_flight > 0, "the packet is the ping");
     }
 
     #[test]

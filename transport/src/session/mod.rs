@@ -756,9 +756,9 @@ impl Session {
         consider(self.loss_time.or(self.rto_deadline()));
         consider(Some(self.last_recv + self.config.idle_timeout));
         // A keepalive already wanted (`ping_pending`) is no timer any more: it waits for
-        // the send path (the pacer may hold it back), and its deadline, left in the past,
-        // fired again at once, and again: the driver's loop spun without a yield until the
-        // ping went, and the tasks beside it on its thread (a viewer's player) waited.
+        // the send path (the pacer may hold it back). Its deadline, left in the past,
+        // would fire again at once, and again: the driver's loop would spin without a
+        // yield until the ping went, and the tasks on its thread (a viewer's player) wait.
         if !self.ping_pending {
             consider(self.keepalive_deadline());
         }
