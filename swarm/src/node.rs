@@ -1198,6 +1198,8 @@ impl Node {
         let st = &mut self.stripes[stripe];
         if let Some((_, asked)) = st.pending.filter(|(p, _)| *p == from) {
             st.pending = None;
+            let waited_ms = now.saturating_duration_since(asked).as_millis() as u64;
+            tracing::trace!(stripe, from = %from, waited_ms, sends_from, "accepted");
             self.answers.sample(now.saturating_duration_since(asked));
             if let Some(old) = st.parent.take() {
                 if old.id != from {
@@ -1247,6 +1249,8 @@ impl Node {
         let asked = st.pending.filter(|(p, _)| *p == from).map(|(_, at)| at);
         let was_pending = asked.is_some();
         if let Some(at) = asked {
+            let waited_ms = now.saturating_duration_since(at).as_millis() as u64;
+            tracing::trace!(stripe, from = %from, waited_ms, candidates = candidates.len(), "redirected");
             self.answers.sample(now.saturating_duration_since(at));
         }
         if !was_parent && !was_pending {
@@ -1320,6 +1324,7 @@ impl Node {
             peer.served += served;
         }
         self.stats.pulls_served += served as u64;
+        tracing::trace!(from = %from, served, declined = declined.len(), "request");
         if !declined.is_empty() {
             self.stats.pulls_declined += declined.len() as u64;
             self.send(from, Message::Declined { seqs: declined }, Class::Control);
@@ -1332,6 +1337,7 @@ impl Node {
     /// for a spent budget (662 against 2,006 sent; weak uplinks serve about one chunk a
     /// tick), and a newcomer's start waited 400 ms for each before asking again.
     fn on_declined(&mut self, now: Instant, from: NodeId, seqs: Vec<u64>) {
+        tracing::trace!(from = %from, ?seqs, "declined");
         let mut released = false;
         for seq in seqs.into_iter().take(MAX_REQUEST) {
             if self.pulls.get(&seq).is_some_and(|(peer, _)| *peer == from) {
@@ -1646,6 +1652,7 @@ impl Node {
                 .filter(|f| self.buffer.get(f).is_some_and(|h| h.chunk.keyframe))
                 .unwrap_or(self.keyframe_heard),
         };
+        tracing::trace!(stripe, to = %to, from_seq, "subscribe");
         let message =
             Message::Subscribe { stripe: stripe as u8, starting: latest.is_none(), from_seq, info: self.me };
         self.send(to, message, Class::Control);
@@ -1689,6 +1696,7 @@ impl Node {
         for s in 0..self.k() {
             if let Some((p, at)) = self.stripes[s].pending {
                 if now.saturating_duration_since(at) >= self.subscribe_timeout() {
+                    tracing::trace!(stripe = s, to = %p, "subscribe unanswered");
                     self.stripes[s].pending = None;
                     self.stripes[s].note_tried(p);
                 }
@@ -1919,6 +1927,7 @@ impl Node {
             }
         }
         for (peer, seqs) in by_peer {
+            tracing::trace!(to = %peer, ?seqs, "pull");
             self.stats.pulls_sent += seqs.len() as u64;
             self.send(peer, Message::Request { seqs }, Class::Stream);
         }
