@@ -48,6 +48,12 @@ use anyhow::{bail, Context, Result};
 
 use super::impair::{Forwarder, HostImpairment, Impairments};
 
+/// Minor id of link `link`'s upload class, and major id of the queue under it (tc prints
+/// both in hex). 1:1 is left unused. Fits: MAX_LINKS + 2 < 0xffff.
+fn upload_queue_id(link: usize) -> u32 {
+    link as u32 + 2
+}
+
 /// Prefix of everything a testbed creates; the pid follows, then `-`.
 pub const PREFIX: &str = "rilltb";
 /// The TUN device of the impairment forwarder, inside the router namespace.
@@ -458,6 +464,12 @@ impl Testbed {
         output_in(&self.router, args, None)
     }
 
+    /// The handle of host `h`'s upload queue (the `bfifo` under its htb class) in `tc -s
+    /// qdisc show` in the router; no such queue exists if its upload is not shaped.
+    pub fn upload_queue_handle(&self, h: HostId) -> u32 {
+        upload_queue_id(self.hosts[h.0].link)
+    }
+
     /// Packets the forwarder dropped: (by loss, by its queue bound).
     pub fn forwarder_drops(&self) -> (u64, u64) {
         self.forwarder.as_ref().map_or((0, 0), |f| f.drops())
@@ -603,9 +615,9 @@ impl Testbed {
             ])?;
             self.upload_htb = true;
         }
-        // Class minor ids are hex in tc; 1:1 is left unused. Fits: MAX_LINKS + 2 < 0xffff.
-        let class = format!("1:{:x}", link + 2);
-        let handle = format!("{:x}:", link + 2);
+        let id = upload_queue_id(link);
+        let class = format!("1:{id:x}");
+        let handle = format!("{id:x}:");
         let rate = format!("{rate_kbps}kbit");
         let burst = burst.to_string();
         run(&[

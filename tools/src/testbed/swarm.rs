@@ -617,11 +617,19 @@ fn run_in_testbed(args: &SwarmArgs, dir: &WorkDir) -> Result<(Map<String, Value>
     }
     let (drops_loss, drops_queue) = run.tb.forwarder_drops();
     // The upload and download queues' drops: losses the transport had to repair.
-    let shaper_drops = run
+    let tc_stats = run
         .tb
         .exec_in_router(&["tc", "-s", "qdisc", "show"])
-        .map(|o| swarm_stats::queue_drops(&String::from_utf8_lossy(&o.stdout)))
-        .ok();
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let shaper_drops = tc_stats.as_ref().map(|t| swarm_stats::queue_drops(t)).ok();
+    // And whose upload queue dropped them (by host: publisher, then viewer by viewer).
+    let upload_drops: Option<Vec<u64>> = tc_stats.ok().map(|t| {
+        let by_handle = swarm_stats::upload_queue_drops_by_handle(&t);
+        std::iter::once(pub_host)
+            .chain(hosts.iter().copied())
+            .map(|h| by_handle.get(&run.tb.upload_queue_handle(h)).copied().unwrap_or(0))
+            .collect()
+    });
     let Run { tb, publisher, viewers, mut failures, .. } = run;
     drop(tb);
     let left = netns::leftovers(&prefix, &pids);
@@ -661,6 +669,15 @@ fn run_in_testbed(args: &SwarmArgs, dir: &WorkDir) -> Result<(Map<String, Value>
     let mut checks = output_checks(&runs, &mut failures);
     checks.insert("forwarder_drops".into(), json!({ "loss": drops_loss, "queue": drops_queue }));
     checks.insert("shaper_queue_drops".into(), json!(shaper_drops));
+    if let Some(drops) = &upload_drops {
+        let uploads: Vec<u64> = std::iter::once(plan.publisher.upload_kbps)
+            .chain(plan.viewers.iter().map(|v| v.upload_kbps))
+            .collect();
+        checks.insert(
+            "upload_queue_drops".into(),
+            swarm_stats::upload_drop_figures(drops, &uploads, &pub_run, &runs),
+        );
+    }
     checks.insert("leftovers".into(), json!(left.len()));
     checks.insert("failures".into(), json!(failures));
     let ok = failures.is_empty();

@@ -374,27 +374,94 @@ pub fn nat_figures(publisher: &ProcessRun, runs: &[ViewerRun]) -> Value {
     })
 }
 
+/// Viewers listed by [`upload_drop_figures`].
+const UPLOAD_DROPS_LISTED: usize = 5;
+
+/// Whose upload queue dropped packets. `drops` and `uploads_kbps` are by host: the
+/// publisher first, then viewer by viewer. The publisher's count, how many viewers' queues
+/// dropped any, and the viewers whose queues dropped most, each with its upload and
+/// `upload_used`, the share of that upload its processes sent on average (UDP payload
+/// over their uptime): a queue that drops while its host uses well under its rate on
+/// average overflows with bursts (a chunk to every child at once), not with a plan that
+/// asks for more than the link carries.
+pub fn upload_drop_figures(
+    drops: &[u64],
+    uploads_kbps: &[u64],
+    publisher: &ProcessRun,
+    runs: &[ViewerRun],
+) -> Value {
+    let used = |sent_bytes: u64, uptime_s: f64, upload_kbps: u64| {
+        ratio(sent_bytes as f64 * 8.0 / 1000.0, uptime_s * upload_kbps as f64, 3)
+    };
+    let uptime = |p: &ProcessRun| p.stats.last().get("uptime_s").and_then(Value::as_f64).unwrap_or(0.0);
+    let mut by_viewer: BTreeMap<usize, (u64, f64)> = BTreeMap::new();
+    for r in runs {
+        let e = by_viewer.entry(r.viewer).or_default();
+        e.0 += r.process.stats.last_u64("bytes_sent");
+        e.1 += uptime(&r.process);
+    }
+    let mut dropping: Vec<(usize, u64)> =
+        drops.iter().skip(1).copied().enumerate().filter(|&(_, d)| d > 0).collect();
+    dropping.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let upload = |host: usize| uploads_kbps.get(host).copied().unwrap_or(0);
+    let listed: Vec<Value> = dropping
+        .iter()
+        .take(UPLOAD_DROPS_LISTED)
+        .map(|&(v, d)| {
+            let (sent, up_s) = by_viewer.get(&v).copied().unwrap_or_default();
+            json!({ "viewer": v, "drops": d, "upload_kbps": upload(v + 1), "upload_used": used(sent, up_s, upload(v + 1)) })
+        })
+        .collect();
+    json!({
+        "publisher": {
+            "drops": drops.first().copied().unwrap_or(0),
+            "upload_used": used(publisher.stats.last_u64("bytes_sent"), uptime(publisher), upload(0)),
+        },
+        "viewers_dropping": dropping.len(),
+        "viewers_dropping_most": listed,
+    })
+}
+
 /// Packets the shaping queues dropped, from `tc -s qdisc show` in the router: the leaf
 /// queues only (`bfifo` under each upload class, `tbf` of each download), since a classful
 /// root (htb) counts its children's drops again.
 pub fn queue_drops(tc_stats: &str) -> u64 {
-    let mut leaf = false;
-    let mut drops = 0u64;
-    for line in tc_stats.lines() {
+    leaf_queue_drops(tc_stats).map(|q| q.drops).sum()
+}
+
+/// Drops of each upload queue (the `bfifo` under a host's htb class), by the queue's
+/// handle (hex in tc's output: `bfifo 1f:` is 31).
+pub fn upload_queue_drops_by_handle(tc_stats: &str) -> BTreeMap<u32, u64> {
+    leaf_queue_drops(tc_stats)
+        .filter(|q| q.kind == "bfifo")
+        .filter_map(|q| Some((q.handle?, q.drops)))
+        .collect()
+}
+
+/// A leaf queue's line in `tc -s qdisc show`, and the drops its statistics line gives.
+struct LeafDrops<'a> {
+    kind: &'a str,
+    handle: Option<u32>,
+    drops: u64,
+}
+
+fn leaf_queue_drops(tc_stats: &str) -> impl Iterator<Item = LeafDrops<'_>> {
+    let mut leaf: Option<(&str, Option<u32>)> = None;
+    tc_stats.lines().filter_map(move |line| {
         if let Some(rest) = line.strip_prefix("qdisc ") {
-            leaf = matches!(rest.split_whitespace().next(), Some("bfifo" | "tbf"));
-        } else if leaf {
-            if let Some((_, after)) = line.split_once("(dropped ") {
-                drops += after
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                leaf = false;
-            }
+            let mut words = rest.split_whitespace();
+            let kind = words.next().filter(|k| matches!(*k, "bfifo" | "tbf"));
+            let handle = words.next().and_then(|h| u32::from_str_radix(h.trim_end_matches(':'), 16).ok());
+            leaf = kind.map(|k| (k, handle));
+            None
+        } else {
+            let (_, after) = line.split_once("(dropped ")?;
+            let (kind, handle) = leaf.take()?;
+            let drops =
+                after.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            Some(LeafDrops { kind, handle, drops })
         }
-    }
-    drops
+    })
 }
 
 #[cfg(test)]
@@ -582,6 +649,35 @@ mod tests {
     }
 
     #[test]
+    fn upload_drops_name_the_hosts_and_how_much_of_their_upload_they_used() {
+        let stats = |sent: u64, uptime: f64| line(json!({ "bytes_sent": sent, "uptime_s": uptime }));
+        let publisher = viewer(0, false, &stats(2_500_000, 8.0)).process;
+        // Viewer 2 ran twice (churn): its two runs add up.
+        let runs = [
+            viewer(0, false, &stats(100_000, 8.0)),
+            viewer(1, false, &stats(1_000_000, 8.0)),
+            viewer(2, false, &stats(500_000, 2.0)),
+            viewer(2, false, &stats(250_000, 2.0)),
+        ];
+        // By host: the publisher, then viewers 0, 1, 2.
+        let figures = upload_drop_figures(&[3, 0, 7, 2], &[5000, 1000, 2000, 1500], &publisher, &runs);
+        assert_eq!(
+            figures,
+            json!({
+                "publisher": { "drops": 3, "upload_used": 0.5 },
+                "viewers_dropping": 2,
+                "viewers_dropping_most": [
+                    { "viewer": 1, "drops": 7, "upload_kbps": 2000, "upload_used": 0.5 },
+                    { "viewer": 2, "drops": 2, "upload_kbps": 1500, "upload_used": 1.0 },
+                ],
+            })
+        );
+        // No stats (a viewer that never wrote any): no share, not a division by zero.
+        let figures = upload_drop_figures(&[0, 4], &[5000, 1000], &publisher, &[]);
+        assert_eq!(figures["viewers_dropping_most"][0]["upload_used"], Value::Null);
+    }
+
+    #[test]
     fn queue_drops_count_leaf_queues_once() {
         let tc = "qdisc htb 1: root refcnt 2 r2q 10 default 0 direct_packets_stat 5\n \
                   Sent 100 bytes 1 pkt (dropped 7, overlimits 0 requeues 0)\n\
@@ -590,6 +686,13 @@ mod tests {
                   qdisc tbf 8001: dev h1 root refcnt 2 rate 1Mbit\n Sent 1 bytes 1 pkt (dropped 1, overlimits 2 requeues 0)\n";
         assert_eq!(queue_drops(tc), 8);
         assert_eq!(queue_drops(""), 0);
+        assert_eq!(upload_queue_drops_by_handle(tc), BTreeMap::from([(2, 3), (3, 4)]));
+        // Handles are hex; a line tc may add later, or garbage, is no queue.
+        let tc = "qdisc bfifo 1f: parent 1:1f limit 8075b\n Sent 9 bytes 1 pkt (dropped 12, overlimits 0)\n\
+                  qdisc bfifo zz: parent 1:zz\n Sent 1 bytes 1 pkt (dropped 5, overlimits 0)\n\
+                   (dropped 99, overlimits 0)\nnot tc at all\n";
+        assert_eq!(upload_queue_drops_by_handle(tc), BTreeMap::from([(31, 12)]));
+        assert_eq!(queue_drops(tc), 17);
     }
 
     #[test]
