@@ -470,6 +470,8 @@ pub struct Node {
     first_named: VecDeque<(u64, Instant)>,
     /// How long subscribes take to be answered (see [`Node::subscribe_timeout`]).
     answers: AnswerTimer,
+    /// When the node first had a parent in every stripe (see [`Node::tree_joined_at`]).
+    tree_joined_at: Option<Instant>,
 }
 
 /// Smoothed time from a subscribe to its answer and its variation, as RFC 6298 (§2)
@@ -560,6 +562,7 @@ impl Node {
             walk_after: now,
             first_named: VecDeque::new(),
             answers: AnswerTimer::default(),
+            tree_joined_at: None,
         };
         let me = node.me.id;
         let bootstrap: Vec<PeerInfo> = bootstrap.into_iter().filter(|p| p.id != me).take(MAX_ROOTS).collect();
@@ -1219,6 +1222,10 @@ impl Node {
             });
             st.candidates.clear();
             st.tried.clear();
+            if self.tree_joined_at.is_none() && self.stripes.iter().all(|s| s.parent.is_some()) {
+                self.tree_joined_at = Some(now);
+            }
+            let st = &mut self.stripes[stripe];
             let children: Vec<NodeId> = st.children.iter().copied().collect();
             for c in children {
                 self.send_upstream(c, stripe);
@@ -2017,6 +2024,13 @@ impl Node {
 
     pub fn stats(&self) -> NodeStats {
         self.stats.clone()
+    }
+
+    /// When the node first had a parent in every stripe: a newcomer's tree search is over,
+    /// and what its start still waits for is its parents' sending (its keyframe group
+    /// behind their live chunks). `None` until then, and always for the publisher.
+    pub fn tree_joined_at(&self) -> Option<Instant> {
+        self.tree_joined_at
     }
 
     /// Each stripe's parent, if any (for tests and diagnostics).

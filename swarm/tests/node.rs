@@ -1222,3 +1222,20 @@ fn a_newcomers_start_chunk_its_parent_is_slow_to_send_is_pulled_soon() {
     let first_asked = first_pulls_with_held_back(60, &[46, 58]);
     assert_pulled_early_and_late(&first_asked, 46, 58);
 }
+
+#[test]
+fn a_node_knows_when_its_tree_search_ended() {
+    // The newcomer asked the publisher for every stripe; the tree search ends with the
+    // last stripe's Accept, and a parent lost later does not move that time.
+    let (mut n, now, _, publisher) = newcomer_with_a_neighbour();
+    for stripe in 0..STRIPES - 1 {
+        n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 0 });
+    }
+    assert_eq!(n.tree_joined_at(), None, "a stripe is still without a parent");
+    let last = now + Duration::from_millis(50);
+    n.handle_message(last, publisher.id, Message::Accept { stripe: STRIPES - 1, sends_from: 0 });
+    assert_eq!(n.tree_joined_at(), Some(last));
+    n.handle_message(last + Duration::from_millis(10), publisher.id, Message::Unsubscribe { stripe: 1 });
+    assert_eq!(n.parents()[1], None);
+    assert_eq!(n.tree_joined_at(), Some(last));
+}

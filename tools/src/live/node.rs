@@ -115,6 +115,9 @@ pub struct NodeSnapshot {
     pub parents: usize,
     pub stripes: usize,
     pub children: usize,
+    /// From the node's start until it first had a parent in every stripe (a viewer's
+    /// tree search; the rest of its startup is its parents' sending).
+    pub tree_joined: Option<Duration>,
     pub swarm: NodeStats,
     /// Arrival lag, µs, of each chunk ingested at or after this node's startup (when it
     /// first held a keyframe chunk): the (viewer, chunk) pairs METRICS.md and `rill sim`
@@ -564,6 +567,7 @@ impl LiveNode {
             }
         }
         s.children = (0..parents.len()).map(|k| self.swarm.children(k).len()).sum();
+        s.tree_joined = self.swarm.tree_joined_at().map(|t| t.saturating_duration_since(self.started));
         let d = self.driver.stats();
         (s.bytes_sent, s.bytes_received) = (d.bytes_sent, d.bytes_received);
         (s.datagrams_sent, s.datagrams_received) = (d.datagrams_sent, d.datagrams_received);

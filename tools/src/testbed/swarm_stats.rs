@@ -176,6 +176,11 @@ fn ratio(num: f64, den: f64, digits: i32) -> Value {
     }
 }
 
+/// Starts past the target listed in `slow_starts`, slowest first: enough to tell a
+/// late tree search (`tree_join_ms` near the first byte) from parents slow to send the
+/// start group (`tree_join_ms` early, `start_shift_ms` or `start_restarts` high).
+const SLOW_STARTS_LISTED: usize = 5;
+
 /// The causes a viewer's `late_out` figure splits its late outputs into (`rill watch`).
 const LATE_OUT_CAUSES: [&str; 2] = ["arrived_late", "held_in_time"];
 
@@ -197,6 +202,9 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
     // The early starts (startup budget): each started viewer's lead at its start, and the
     // time its output stood still after startup.
     let (mut start_ahead, mut stall) = (Vec::new(), Vec::new());
+    // How long each viewer run took to have a parent in every stripe, and for the starts
+    // past the target, where their time went.
+    let (mut tree_join, mut slow_starts) = (Vec::new(), Vec::new());
     // CPU seconds and alive seconds per viewer host, over its runs.
     let mut cpu: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for r in runs {
@@ -205,8 +213,21 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
         if let Some(m) = s.max_lag_ms() {
             lag_max_ms = Some(lag_max_ms.map_or(m, |x| x.max(m)));
         }
+        let joined = s.last().get("tree_join_ms").and_then(Value::as_f64);
+        tree_join.extend(joined);
         match (s.startup_ms("first_byte"), s.startup_ms("first_keyframe")) {
             (Some(b), k) => {
+                if b > STARTUP_TARGET_MS {
+                    let start = json!({
+                        "viewer": r.viewer,
+                        "first_byte_ms": b,
+                        "first_keyframe_ms": k,
+                        "tree_join_ms": joined,
+                        "start_shift_ms": s.last().get("start_shift_ms"),
+                        "start_restarts": s.last_u64("start_restarts"),
+                    });
+                    slow_starts.push((b, start));
+                }
                 first_byte.push(b);
                 first_keyframe.extend(k);
                 start_shift.extend(s.last().get("start_shift_ms").and_then(Value::as_f64));
@@ -257,6 +278,10 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
     m.insert("first_byte_over_1s".into(), json!(over));
     m.insert("viewers_started".into(), json!(first_byte.len()));
     m.insert("viewers_never_started".into(), json!(never_started));
+    m.insert("tree_join_ms".into(), spread(&mut tree_join));
+    slow_starts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slowest: Vec<Value> = slow_starts.into_iter().take(SLOW_STARTS_LISTED).map(|(_, v)| v).collect();
+    m.insert("slow_starts".into(), Value::Array(slowest));
     m.insert("start_shift_ms".into(), spread(&mut start_shift));
     m.insert("start_restarts".into(), json!(start_restarts));
     m.insert("start_ahead_ms".into(), spread(&mut start_ahead));
@@ -535,6 +560,36 @@ mod tests {
         let m = summarize(&publisher, &runs, 3).unwrap();
         assert_eq!(m["first_byte_over_1s"], 1);
         assert_eq!(m["viewers_started"], 3);
+    }
+
+    #[test]
+    fn slow_starts_say_whether_the_tree_search_or_the_parents_took_the_time() {
+        let v = |first_byte: f64, tree_join: Option<f64>, shift: f64, restarts: u64| {
+            line(json!({"startup_ms": {"first_byte": first_byte, "first_keyframe": 300.0},
+                        "tree_join_ms": tree_join, "start_shift_ms": shift, "start_restarts": restarts}))
+        };
+        let mut runs = vec![
+            viewer(0, false, &v(700.0, Some(350.0), 0.0, 0)),
+            viewer(1, false, &v(1300.0, Some(1150.0), 0.0, 0)),
+            viewer(2, false, &v(1100.0, Some(420.0), 300.0, 1)),
+            // Never had every parent (it lent its tree slots, say): no tree_join_ms.
+            viewer(3, false, &v(1050.0, None, 400.0, 0)),
+        ];
+        runs.extend((4..10).map(|i| viewer(i, false, &v(1000.0 + i as f64, Some(500.0), 0.0, 0))));
+        let m = summarize(&ProcessRun::default(), &runs, 10).unwrap();
+        let slow = m["slow_starts"].as_array().unwrap();
+        assert_eq!(slow.len(), SLOW_STARTS_LISTED, "bounded, though 9 starts were past 1 s");
+        let viewers: Vec<u64> = slow.iter().map(|s| s["viewer"].as_u64().unwrap()).collect();
+        assert_eq!(viewers, vec![1, 2, 3, 9, 8], "slowest first");
+        assert_eq!(slow[0]["tree_join_ms"], 1150.0);
+        assert_eq!(
+            (slow[1]["start_shift_ms"].as_f64(), slow[1]["start_restarts"].as_u64()),
+            (Some(300.0), Some(1))
+        );
+        assert!(slow[2]["tree_join_ms"].is_null());
+        // Over the 9 runs that had a parent in every stripe.
+        assert_eq!(m["tree_join_ms"]["max"], 1150.0);
+        assert_eq!(m["tree_join_ms"]["p50"], 500.0);
     }
 
     #[test]
