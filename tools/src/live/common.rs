@@ -207,10 +207,7 @@ pub fn node_json(now: &NodeSnapshot, before: &NodeSnapshot, interval: Duration) 
     m.insert("mesh_peers".into(), json!(now.mesh_peers));
     m.insert("parents".into(), json!(now.parents));
     m.insert("children".into(), json!(now.children));
-    m.insert(
-        "tree_join_ms".into(),
-        json!(now.tree_joined.map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0)),
-    );
+    m.insert("tree_join_ms".into(), json!(now.tree_joined.map(|d| ms(d.as_micros() as u64))));
     m.insert("chunks_received".into(), json!(received));
     m.insert("chunks_published".into(), json!(now.chunks_published));
     m.insert("arrival_lag_ms".into(), lag_json(&now.arrival_lag));

@@ -213,7 +213,8 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
         if let Some(m) = s.max_lag_ms() {
             lag_max_ms = Some(lag_max_ms.map_or(m, |x| x.max(m)));
         }
-        let joined = s.last().get("tree_join_ms").and_then(Value::as_f64);
+        let last = s.last();
+        let joined = last.get("tree_join_ms").and_then(Value::as_f64);
         tree_join.extend(joined);
         match (s.startup_ms("first_byte"), s.startup_ms("first_keyframe")) {
             (Some(b), k) => {
@@ -223,16 +224,16 @@ pub fn summarize(publisher: &ProcessRun, runs: &[ViewerRun], viewers: usize) -> 
                         "first_byte_ms": b,
                         "first_keyframe_ms": k,
                         "tree_join_ms": joined,
-                        "start_shift_ms": s.last().get("start_shift_ms"),
+                        "start_shift_ms": last.get("start_shift_ms"),
                         "start_restarts": s.last_u64("start_restarts"),
                     });
                     slow_starts.push((b, start));
                 }
                 first_byte.push(b);
                 first_keyframe.extend(k);
-                start_shift.extend(s.last().get("start_shift_ms").and_then(Value::as_f64));
-                start_ahead.extend(s.last().get("start_ahead_ms").and_then(Value::as_f64));
-                stall.extend(s.last().get("stall_ms").and_then(Value::as_f64));
+                start_shift.extend(last.get("start_shift_ms").and_then(Value::as_f64));
+                start_ahead.extend(last.get("start_ahead_ms").and_then(Value::as_f64));
+                stall.extend(last.get("stall_ms").and_then(Value::as_f64));
             }
             (None, k) => {
                 first_keyframe.extend(k);
@@ -572,7 +573,7 @@ mod tests {
             viewer(0, false, &v(700.0, Some(350.0), 0.0, 0)),
             viewer(1, false, &v(1300.0, Some(1150.0), 0.0, 0)),
             viewer(2, false, &v(1100.0, Some(420.0), 300.0, 1)),
-            // Never had every parent (it lent its tree slots, say): no tree_join_ms.
+            // Never had a parent in every stripe (killed mid-search, say): no tree_join_ms.
             viewer(3, false, &v(1050.0, None, 400.0, 0)),
         ];
         runs.extend((4..10).map(|i| viewer(i, false, &v(1000.0 + i as f64, Some(500.0), 0.0, 0))));
