@@ -1225,8 +1225,7 @@ impl Node {
             if self.tree_joined_at.is_none() && self.stripes.iter().all(|s| s.parent.is_some()) {
                 self.tree_joined_at = Some(now);
             }
-            let st = &mut self.stripes[stripe];
-            let children: Vec<NodeId> = st.children.iter().copied().collect();
+            let children: Vec<NodeId> = self.stripes[stripe].children.iter().copied().collect();
             for c in children {
                 self.send_upstream(c, stripe);
             }
