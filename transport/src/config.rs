@@ -85,9 +85,11 @@ pub struct EndpointConfig {
     pub psk: Option<Psk>,
     /// Handshake admission under load (cookies and rate limits).
     pub admission: AdmissionConfig,
-    /// The node's upload capacity, kbit/s, as its operator states it. When set, Background
-    /// data may use the uplink the endpoint as a whole leaves unused (see `uplink.rs`);
-    /// without it Background stays within LEDBAT's window.
+    /// The node's upload capacity, kbit/s, as its operator states it. When set, the
+    /// endpoint as a whole sends no faster than this (never held below
+    /// `MIN_PACED_UPLINK_KBPS`), so its bursts wait in the endpoint rather than overflow the
+    /// uplink's buffer, and Background data may use what the endpoint leaves unused of it
+    /// (see `uplink.rs`); without it Background stays within LEDBAT's window.
     pub uplink_kbps: Option<u32>,
 }
 

@@ -160,6 +160,26 @@ pub(crate) trait EventSink {
     fn push(&mut self, event: Event);
 }
 
+/// Which classes' data may start a packet in [`Session::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendClasses {
+    All,
+    ControlOnly,
+    NotBackground,
+    BackgroundOnly,
+}
+
+impl SendClasses {
+    fn admits(self, class: Class) -> bool {
+        match self {
+            SendClasses::All => true,
+            SendClasses::ControlOnly => class == Class::Control,
+            SendClasses::NotBackground => class != Class::Background,
+            SendClasses::BackgroundOnly => class == Class::Background,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Session {
     pub local_id: u32,
@@ -901,8 +921,17 @@ impl Session {
 
     /// Build the next packet into `buf`; returns its length, or None if nothing is due.
     /// `uplink_spare`: the endpoint as a whole sends below its share of the node's stated
-    /// uplink, so Background may fill the Stream window (see `uplink.rs`).
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], uplink_spare: bool) -> Option<usize> {
+    /// uplink, so Background may fill the Stream window (see `uplink.rs`). `classes`:
+    /// whose data may start a packet (the endpoint's pacer asks every session for its
+    /// Control and Stream first); data of other classes may still fill the room a packet
+    /// leaves.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        uplink_spare: bool,
+        classes: SendClasses,
+    ) -> Option<usize> {
         self.uplink_spare = uplink_spare;
         if self.state == State::Closed {
             return None;
@@ -921,9 +950,9 @@ impl Session {
         let data_class = if self.sent.len() >= MAX_TRACKED_PACKETS {
             None
         } else {
-            Class::ALL
-                .into_iter()
-                .find(|&c| self.has_queued(c) && (self.probe_pending || self.class_may_send(c, now)))
+            Class::ALL.into_iter().find(|&c| {
+                classes.admits(c) && self.has_queued(c) && (self.probe_pending || self.class_may_send(c, now))
+            })
         };
         let control_due = !self.pending_abandons.is_empty()
             || self.ping_pending
