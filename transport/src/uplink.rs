@@ -69,13 +69,15 @@ pub const DATAGRAM_OVERHEAD: usize = 48;
 /// sends at once after a quiet spell, into the uplink's own buffer (commonly 50-200 ms
 /// at its rate in a home router). The rest of a burst waits in the endpoint, where
 /// Control and Stream go first. Too shallow, and Background waits behind every burst:
-/// the rest of a newcomer's keyframe group came after its start margin had run out.
-/// `rill testbed swarm --nodes 30 --duration 8 --runs 8` (100 ms upload buffers), 64 runs
-/// each with the builds in turn (seeds 833-896 for 20 and 50 ms; 641-768 for 5 ms,
-/// against main in its own two A/Bs): 5 ms lost 1.4 times main's chunks (437 against
-/// 306, 274 against 191); 20 ms lost as many as main, met the p99 target in more runs
-/// and had fewer starts over 1 s; 50 ms lost a little less but had more slow starts
-/// (see the commit). Every depth dropped nothing at the upload queues.
+/// with 5 ms, the extra chunks lost were at newcomers' starts (every viewer that lost
+/// chunks had used its whole start margin). `rill testbed swarm --nodes 30 --duration 8
+/// --runs 8` (100 ms upload buffers), 64 runs each with the builds in turn (seeds 833-896
+/// for 20 and 50 ms, against the build without the pacer; 641-768 for 5 ms, in two A/Bs
+/// of its own): 5 ms lost 1.4 times the chunks (437 against 306, 274 against 191); 20 ms
+/// lost about as many (256 against 240), met all three swarm targets in 34 runs against
+/// 19, but continuity >= 0.999 in 53 against 60; 50 ms lost 234 and met all three in
+/// 25, with more starts over 1 s (82 against 72). No depth dropped a packet at the
+/// upload queues.
 pub const UPLINK_PACER_BURST: Duration = Duration::from_millis(20);
 /// The pacer never holds the endpoint below this rate: a node that states little or no
 /// upload (`--upload-kbps 0`, a viewer that feeds no one) still acknowledges what it
@@ -173,8 +175,8 @@ impl SpareUplink {
 /// drains at the same rate) but loses nothing: over 64 runs of `--runs 8` (seeds
 /// 833-896) the upload queues dropped 29,114 packets without the pacer and none with it,
 /// and the `overhead_ratio` went from 1.174 to 1.141. Which data goes first is the
-/// endpoint's to choose then (`endpoint.rs`). A stated rate higher than the real one leaves the queue
-/// where it was; the pacer then does nothing.
+/// endpoint's to choose then (`endpoint.rs`). A stated rate higher than the real one
+/// leaves the queue where it was; the pacer then does nothing.
 #[derive(Debug)]
 pub(crate) struct UplinkPacer {
     bucket: TokenBucket,

@@ -33,7 +33,8 @@ pub struct NodeArgs {
     /// Upload capacity this node offers the swarm, kbit/s, as on the wire (sizes how many
     /// peers it feeds, with 15 % of it left for headers, acks and retransmissions, and how
     /// much repair traffic it adds in the upload they leave). The node never sends faster:
-    /// its bursts wait in the node rather than overflow the uplink's buffer.
+    /// what a burst sends beyond 20 ms of it waits in the node rather than overflow the
+    /// uplink's buffer.
     #[arg(long, value_name = "KBPS")]
     pub upload_kbps: Option<u32>,
     /// Append one JSON object of figures per second to FILE (names from METRICS.md).

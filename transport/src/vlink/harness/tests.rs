@@ -434,12 +434,15 @@ fn a_stated_uplink_lets_background_use_what_the_stream_leaves_without_making_it_
 fn a_newcomers_group_still_gets_a_share_of_an_uplink_the_stream_alone_would_fill() {
     // Six children at 700 kbit/s: 4.2 Mbit/s of stream on a 4 Mbit/s uplink, the overload
     // of a flash crowd. Background still gets a turn after every 8 datagrams of the
-    // stream: 49,152 B of the group in the newcomer's first second, and 419 of 467 stream
-    // chunks on time. (With a 5 ms pacer bucket: 45,056 B and 424; strict priority, 4,096 B
-    // and 464; a turn after every 4, 73,728 B and 388.)
+    // stream: 45,056-49,152 B of the group in the newcomer's first second, and 410-419
+    // of 467 stream chunks on time (`RILL_TEST_SEED` 1-12). The bound, 0.85, is about
+    // what eight datagrams in nine of the uplink carry of a stream 5 % above it (3.56 of
+    // 4.2 Mbit/s), below every seed's figure. (With a 5 ms pacer bucket, seed 1: 45,056 B
+    // and 424; strict priority, 4,096 B and 464; a turn after every 4, 73,728 B and 388,
+    // and 392 at 20 ms, which this bound rejects.)
     let (group, utilisation, due, on_time, _) = relay_with_newcomer(Some(4000), 700_000);
     assert!(group >= 30_000, "the newcomer's group got {group} B in its first second");
-    assert!(on_time as f64 >= 0.88 * due as f64, "the stream still comes first: {on_time} of {due} on time");
+    assert!(on_time as f64 >= 0.85 * due as f64, "the stream still comes first: {on_time} of {due} on time");
     assert!(utilisation > 0.9, "the uplink is used: {utilisation}");
 }
 
