@@ -17,7 +17,8 @@ use super::link::ChannelLink;
 use super::node::{LiveNode, NodeOptions, NodeSnapshot};
 
 /// Upload a relay offers when not told: 100 Mbit/s (relays are the high-capacity nodes
-/// the trees are built around; an operator with less says so with --upload-kbps).
+/// the trees are built around; an operator with less, or more, says so with
+/// --upload-kbps: the relay never sends faster than this).
 const DEFAULT_RELAY_UPLOAD_KBPS: u32 = 100_000;
 
 /// Simultaneous `/metrics` connections served; more wait in the listen backlog.
