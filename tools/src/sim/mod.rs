@@ -33,7 +33,7 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
-use metrics::percentile;
+use metrics::{percentile, LagHistogram};
 use run::Results;
 use scenario::Scenario;
 
@@ -121,6 +121,11 @@ fn ms(ns: u64) -> f64 {
     round(ns as f64 / 1e6, 3)
 }
 
+/// A histogram's percentile as JSON: ms, `null` when empty or beyond its last bucket.
+fn hist_ms(h: &LagHistogram, p: f64) -> Value {
+    h.percentile_ms(p).filter(|ms| ms.is_finite()).map_or(Value::Null, |ms| json!(ms))
+}
+
 fn ratio(num: f64, den: f64) -> Value {
     if den > 0.0 {
         json!(round(num / den, 4))
@@ -157,6 +162,10 @@ pub fn figures(name: &str, seed: u64, commit: Option<&str>, r: &Results, wall_s:
         "lag_floor_formula": floor::FORMULA,
         "continuity_index": ratio(s.on_time as f64, s.counted as f64),
         "continuity_by_s": s.by_second.iter().map(|&(counted, on_time)| ratio(on_time as f64, counted as f64)).collect::<Vec<_>>(),
+        "arrival_lag_p99_ms_by_s": s.lag_by_second.iter().map(|h| hist_ms(h, 99.0)).collect::<Vec<_>>(),
+        "arrival_lag_ms_by_hops": s.lag_by_hops.iter().enumerate().filter(|(_, h)| h.count() > 0).map(|(hops, h)| json!({
+            "hops": hops, "pairs": h.count(), "p50": hist_ms(h, 50.0), "p99": hist_ms(h, 99.0),
+        })).collect::<Vec<_>>(),
         "lost_chunks": s.lost,
         "late_chunks": s.received() - s.on_time,
         "startup_ms": { "p50": startup(50.0), "p95": startup(95.0) },
@@ -255,6 +264,8 @@ fn explain(key: &str) -> &'static str {
         "publisher_wire_bytes_by_message" => "the same, publisher only",
         "unroutable" => "messages to unknown node ids",
         "continuity_by_s" => "continuity index per second of stream (by ingest time)",
+        "arrival_lag_p99_ms_by_s" => "arrival lag p99 per second of stream (by ingest time; 1 ms buckets)",
+        "arrival_lag_ms_by_hops" => "arrival lag p50/p99 of the pairs that came over each hop count (24 = 24 or more)",
         "queue_wait_ms" => {
             "chunk messages' wait in the sender's upload queue: tree pushes / repairs (p50 p99 max)"
         }

@@ -66,6 +66,8 @@ fn report_has_every_figure() {
         "lag_floor_p50_ms",
         "lag_floor_formula",
         "continuity_index",
+        "arrival_lag_p99_ms_by_s",
+        "arrival_lag_ms_by_hops",
         "lost_chunks",
         "startup_ms",
         "hop_count",
