@@ -178,9 +178,9 @@ impl LagHistogram {
         self.total
     }
 
-    /// Nearest-rank percentile, ms: the upper edge of the bucket holding that rank (so never
-    /// below the true value by more than 1 ms); `None` if empty, `Some(f64::INFINITY)` if
-    /// the rank falls in the overflow bucket.
+    /// Nearest-rank percentile, ms: the upper edge of the bucket holding that rank, so never
+    /// below the sample at that rank and at most 1 ms above it; `None` if empty,
+    /// `Some(f64::INFINITY)` if the rank falls in the overflow bucket.
     pub fn percentile_ms(&self, p: f64) -> Option<f64> {
         if self.total == 0 {
             return None;
