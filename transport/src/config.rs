@@ -88,8 +88,9 @@ pub struct EndpointConfig {
     /// The node's upload capacity, kbit/s, as its operator states it. When set, the
     /// endpoint as a whole sends no faster than this (never held below
     /// `MIN_PACED_UPLINK_KBPS`), so what its bursts send beyond `UPLINK_PACER_BURST` of it
-    /// waits in the endpoint rather than overflow the uplink's buffer, and Background data may use what the endpoint leaves unused of it
-    /// (see `uplink.rs`); without it Background stays within LEDBAT's window.
+    /// waits in the endpoint rather than overflow the uplink's buffer, and Background data
+    /// may use what the endpoint leaves unused of it (see `uplink.rs`); without it
+    /// Background stays within LEDBAT's window.
     pub uplink_kbps: Option<u32>,
 }
 

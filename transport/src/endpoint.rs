@@ -37,10 +37,11 @@ const TRANSMIT_RUN: u32 = 64;
 /// out their deadline while the live chunks alone filled the uplink. A larger share
 /// delays the live chunks, and every child's subtree with them. `rill testbed swarm
 /// --nodes 30 --duration 8 --runs 8`, 64 runs each, with the pacer's first, 5 ms bucket
-/// (not measured again at 20 ms; see `UPLINK_PACER_BURST`): strict priority, seeds 449-512 against main without the pacer, took the runs meeting
-/// the p99 target from 46 to 62 but `lost_chunks` from 351 to 614; a turn after every 4
-/// (seeds 513-576) took starts over 1 s from 102 to 66 but the runs meeting the p99 target
-/// from 48 to 41; after every 8, starts over 1 s 53 and the p99 target met in 62.
+/// (not measured again at 20 ms; see `UPLINK_PACER_BURST`): strict priority, seeds
+/// 449-512 against main without the pacer, took the runs meeting the p99 target from 46
+/// to 62 but `lost_chunks` from 351 to 614; a turn after every 4 (seeds 513-576) took
+/// starts over 1 s from 102 to 66 but the runs meeting the p99 target from 48 to 41; after
+/// every 8, starts over 1 s 53 and the p99 target met in 62.
 const BACKGROUND_TURN_EVERY: u32 = 8;
 
 /// A session, named by the id *we* chose for it (the id the peer puts on packets to us).
