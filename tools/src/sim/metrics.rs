@@ -139,63 +139,18 @@ pub struct Summary {
     /// Per second of stream (by chunk ingest time): (counted pairs, pairs on time). Shows
     /// when continuity suffered, e.g. around a mass departure.
     pub by_second: Vec<(u64, u64)>,
-    /// Per second of stream (by chunk ingest time): the received pairs' arrival lags. Shows
-    /// whether the lag's tail comes from the join crowd, a departure or the steady state.
-    pub lag_by_second: Vec<LagHistogram>,
+    /// Per second of stream (by chunk ingest time, as `by_second`): the received pairs'
+    /// arrival lags (µs), sorted. Shows whether the lag's tail comes from the join crowd, a
+    /// departure or the steady state. Together with `lag_by_hops`, twice `lags_us`.
+    pub lag_by_second: Vec<Vec<u32>>,
     /// By overlay hop count (index; [`MAX_HOPS_TRACKED`] and over share the last): the
-    /// received pairs' arrival lags. Their differences are the hop delay along the trees.
-    pub lag_by_hops: Vec<LagHistogram>,
+    /// received pairs' arrival lags (µs), sorted. Their differences are the hop delay
+    /// along the trees.
+    pub lag_by_hops: Vec<Vec<u32>>,
 }
 
 /// Hop counts at and beyond this share one [`Summary::lag_by_hops`] entry.
 pub const MAX_HOPS_TRACKED: usize = 24;
-
-/// Arrival lags counted in 1 ms buckets up to [`LagHistogram::BUCKETS`] ms, the rest in one
-/// overflow bucket: a percentile to the millisecond without keeping every sample.
-#[derive(Debug, Clone)]
-pub struct LagHistogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-impl Default for LagHistogram {
-    fn default() -> Self {
-        LagHistogram { counts: vec![0; Self::BUCKETS + 1], total: 0 }
-    }
-}
-
-impl LagHistogram {
-    /// 10 s of 1 ms buckets: ten times the usual playout latency.
-    pub const BUCKETS: usize = 10_000;
-
-    pub fn add(&mut self, lag_us: u32) {
-        let bucket = (lag_us / 1000) as usize;
-        self.counts[bucket.min(Self::BUCKETS)] += 1;
-        self.total += 1;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.total
-    }
-
-    /// Nearest-rank percentile, ms: the upper edge of the bucket holding that rank, so never
-    /// below the sample at that rank and at most 1 ms above it; `None` if empty,
-    /// `Some(f64::INFINITY)` if the rank falls in the overflow bucket.
-    pub fn percentile_ms(&self, p: f64) -> Option<f64> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = (((p / 100.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (ms, &n) in self.counts.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(if ms == Self::BUCKETS { f64::INFINITY } else { (ms + 1) as f64 });
-            }
-        }
-        None
-    }
-}
 
 impl Summary {
     /// `rdp_denominator_ns(node)`: direct publisher→viewer delay + one chunk's transmit
@@ -226,6 +181,7 @@ impl Summary {
                 let second = (timing.ingest_ns(seq) / 1_000_000_000) as usize;
                 if s.by_second.len() <= second {
                     s.by_second.resize(second + 1, (0, 0));
+                    s.lag_by_second.resize_with(second + 1, Vec::new);
                 }
                 s.by_second[second].0 += 1;
                 let i = seq.wrapping_sub(v.base) as usize;
@@ -233,10 +189,7 @@ impl Summary {
                 match lag {
                     Some(lag) if lag != u32::MAX => {
                         s.lags_us.push(lag);
-                        if s.lag_by_second.len() <= second {
-                            s.lag_by_second.resize_with(second + 1, LagHistogram::default);
-                        }
-                        s.lag_by_second[second].add(lag);
+                        s.lag_by_second[second].push(lag);
                         if u64::from(lag) * 1000 <= timing.latency_ns {
                             s.on_time += 1;
                             s.by_second[second].1 += 1;
@@ -244,9 +197,9 @@ impl Summary {
                         let hops = v.hops[i];
                         let h = usize::from(hops).min(MAX_HOPS_TRACKED);
                         if s.lag_by_hops.len() <= h {
-                            s.lag_by_hops.resize_with(h + 1, LagHistogram::default);
+                            s.lag_by_hops.resize_with(h + 1, Vec::new);
                         }
-                        s.lag_by_hops[h].add(lag);
+                        s.lag_by_hops[h].push(lag);
                         s.hops_sum += u64::from(hops);
                         s.hops_max = s.hops_max.max(hops);
                         s.rdp_sum += f64::from(lag) * 1000.0 / denominator;
@@ -256,6 +209,7 @@ impl Summary {
             }
         }
         s.lags_us.sort_unstable();
+        s.lag_by_second.iter_mut().chain(&mut s.lag_by_hops).for_each(|v| v.sort_unstable());
         s.startup_ns.sort_unstable();
         s
     }
@@ -284,26 +238,6 @@ mod tests {
         assert_eq!(percentile(&v, 95.0), Some(1000));
         assert_eq!(percentile(&v, 90.0), Some(9));
         assert_eq!(percentile::<u32>(&[], 50.0), None);
-    }
-
-    #[test]
-    fn lag_histogram_percentiles_to_the_millisecond() {
-        let mut h = LagHistogram::default();
-        assert_eq!(h.percentile_ms(50.0), None);
-        // 0.5 ms, 1.5 ms, …, 99.5 ms: the p50 is the 50th sample (49.5 ms), reported as its
-        // bucket's upper edge, 50 ms; the p99 the 99th, 99 ms.
-        for i in 0..100u32 {
-            h.add(i * 1000 + 500);
-        }
-        assert_eq!(h.count(), 100);
-        assert_eq!(h.percentile_ms(50.0), Some(50.0));
-        assert_eq!(h.percentile_ms(99.0), Some(99.0));
-        assert_eq!(h.percentile_ms(0.0), Some(1.0));
-        // Beyond the last bucket: the tail is reported as unbounded, not as 10 s.
-        h.add(u32::MAX - 1);
-        assert_eq!(h.percentile_ms(100.0), Some(f64::INFINITY));
-        // 101 samples: the p99 is now the 100th (rank ceil(99.99)), 99.5 ms.
-        assert_eq!(h.percentile_ms(99.0), Some(100.0));
     }
 
     fn timing() -> Timing {
@@ -345,6 +279,9 @@ mod tests {
         assert_eq!(s.lost, 5);
         // Chunks 3..=9 are ingested at 200..=500 ms: all in second 0.
         assert_eq!(s.by_second, vec![(7, 1)]);
+        assert_eq!(s.lag_by_second, vec![vec![30_000, 350_000]]);
+        // Chunk 3 came over 2 hops, chunk 4 over 3.
+        assert_eq!(s.lag_by_hops, vec![vec![], vec![], vec![30_000], vec![350_000]]);
         assert_eq!((s.hops_sum, s.hops_max), (5, 3));
         assert!((s.rdp_sum - (0.3 + 3.5)).abs() < 1e-9);
         assert_eq!(s.startup_ns, vec![40_000_000]);

@@ -33,7 +33,7 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
-use metrics::{percentile, LagHistogram};
+use metrics::percentile;
 use run::Results;
 use scenario::Scenario;
 
@@ -121,9 +121,9 @@ fn ms(ns: u64) -> f64 {
     round(ns as f64 / 1e6, 3)
 }
 
-/// A histogram's percentile as JSON: ms, `null` when empty or beyond its last bucket.
-fn hist_ms(h: &LagHistogram, p: f64) -> Value {
-    h.percentile_ms(p).filter(|ms| ms.is_finite()).map_or(Value::Null, |ms| json!(ms))
+/// A percentile of sorted arrival lags (µs) as JSON: ms, `null` when there are none.
+fn lag_ms(sorted_us: &[u32], p: f64) -> Value {
+    percentile(sorted_us, p).map_or(Value::Null, |us| json!(ms(u64::from(us) * 1000)))
 }
 
 fn ratio(num: f64, den: f64) -> Value {
@@ -137,7 +137,7 @@ fn ratio(num: f64, den: f64) -> Value {
 /// The figures of a run, named as in shared/METRICS.md.
 pub fn figures(name: &str, seed: u64, commit: Option<&str>, r: &Results, wall_s: f64) -> Value {
     let s = &r.summary;
-    let lag = |p: f64| percentile(&s.lags_us, p).map_or(Value::Null, |us| json!(ms(u64::from(us) * 1000)));
+    let lag = |p: f64| lag_ms(&s.lags_us, p);
     let startup = |p: f64| percentile(&s.startup_ns, p).map_or(Value::Null, |ns| json!(ms(ns)));
     let floor = |p: f64| percentile(&r.floor_ns, p).map_or(Value::Null, |ns| json!(ms(ns)));
     let upload = |p: f64| percentile(&r.upload_utilisation, p).map_or(Value::Null, |u| json!(round(u, 4)));
@@ -162,9 +162,9 @@ pub fn figures(name: &str, seed: u64, commit: Option<&str>, r: &Results, wall_s:
         "lag_floor_formula": floor::FORMULA,
         "continuity_index": ratio(s.on_time as f64, s.counted as f64),
         "continuity_by_s": s.by_second.iter().map(|&(counted, on_time)| ratio(on_time as f64, counted as f64)).collect::<Vec<_>>(),
-        "arrival_lag_p99_ms_by_s": s.lag_by_second.iter().map(|h| hist_ms(h, 99.0)).collect::<Vec<_>>(),
-        "arrival_lag_ms_by_hops": s.lag_by_hops.iter().enumerate().filter(|(_, h)| h.count() > 0).map(|(hops, h)| json!({
-            "hops": hops, "pairs": h.count(), "p50": hist_ms(h, 50.0), "p99": hist_ms(h, 99.0),
+        "arrival_lag_p99_ms_by_s": s.lag_by_second.iter().map(|v| lag_ms(v, 99.0)).collect::<Vec<_>>(),
+        "arrival_lag_ms_by_hops": s.lag_by_hops.iter().enumerate().filter(|(_, v)| !v.is_empty()).map(|(hops, v)| json!({
+            "hops": hops, "pairs": v.len(), "p50": lag_ms(v, 50.0), "p99": lag_ms(v, 99.0),
         })).collect::<Vec<_>>(),
         "lost_chunks": s.lost,
         "late_chunks": s.received() - s.on_time,
@@ -264,7 +264,7 @@ fn explain(key: &str) -> &'static str {
         "publisher_wire_bytes_by_message" => "the same, publisher only",
         "unroutable" => "messages to unknown node ids",
         "continuity_by_s" => "continuity index per second of stream (by ingest time)",
-        "arrival_lag_p99_ms_by_s" => "arrival lag p99 per second of stream (by ingest time; 1 ms buckets)",
+        "arrival_lag_p99_ms_by_s" => "arrival lag p99 per second of stream (by ingest time; null: none received)",
         "arrival_lag_ms_by_hops" => "arrival lag p50/p99 of the pairs that came over each hop count (24 = 24 or more)",
         "queue_wait_ms" => {
             "chunk messages' wait in the sender's upload queue: tree pushes / repairs (p50 p99 max)"
