@@ -1076,8 +1076,18 @@ impl Node {
                 .buffer
                 .get(&key)
                 .map(|h| h.chunk.ingest_us.saturating_add(GROUP_HEAD_SPAN.as_micros() as u64));
+            // A group started at an older keyframe than our newest (the newcomer asked for
+            // the one its other parents started at): from the newer keyframe on, the
+            // chunks go with our live ones too. A group that comes too late for its
+            // player moves the start there (the viewer's `start_restarts`), and behind the
+            // older group those chunks held that start back: in `rill testbed swarm
+            // --nodes 30` (traced), a newcomer whose start keyframe was 0.9 s old moved to
+            // the next keyframe at 570 ms, and waited until 1158 ms for that keyframe's
+            // second chunk, queued at its parent behind eight chunks of the older group.
+            let newer_keyframe = self.latest_keyframe.filter(|&k| k > key);
             for h in group {
-                let head = head_until_us.is_some_and(|until| h.chunk.ingest_us < until);
+                let head = head_until_us.is_some_and(|until| h.chunk.ingest_us < until)
+                    || newer_keyframe.is_some_and(|k| h.chunk.seq >= k);
                 let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
                 if h.chunk.seq == key || head {
                     self.send_chunk(now, child, message);

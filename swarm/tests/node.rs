@@ -831,6 +831,36 @@ fn a_newcomers_group_head_goes_with_the_live_chunks_and_the_rest_behind_them() {
 }
 
 #[test]
+fn a_group_from_an_older_keyframe_sends_what_follows_the_newer_one_with_the_live_chunks() {
+    // The newcomer asked for the keyframe before our newest (its other parents started
+    // there). If that group comes too late its player starts at our newest keyframe
+    // instead, so the chunks from it on must not wait behind the older group.
+    let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
+    let parent = (100..).find(|&i| Node::home_stripe(&id(i), STRIPES) != 0).unwrap();
+    let parent = s.add_roomy_parent(parent);
+    s.run_to_phase(12);
+    let newest_key = s.next_seq - 12;
+    let previous_key = newest_key - KEYFRAME_EVERY;
+    let home = Node::home_stripe(&parent, STRIPES) as u64;
+    let group_end = s.next_seq - 4; // what the parent surely holds by now
+    let newcomer = s.subscribe_as_newcomer(200, parent, home as u8, previous_key);
+    s.run_for(Duration::from_millis(600));
+    let stream = s.sent_in(parent, newcomer, Class::Stream);
+    let background = s.sent_in(parent, newcomer, Class::Background);
+    assert!(stream.contains(&previous_key), "the start keyframe goes first: {stream:?}");
+    for seq in (previous_key + 1..group_end).filter(|q| q % STRIPES as u64 == home) {
+        // The older group's head (200 ms, 4 chunks of 50 ms), and everything from the
+        // newer keyframe on, go with the live chunks; the rest behind them.
+        let with_live = seq < previous_key + 4 || seq >= newest_key;
+        assert_eq!(
+            (stream.contains(&seq), background.contains(&seq)),
+            (with_live, !with_live),
+            "{seq}: {stream:?} {background:?}"
+        );
+    }
+}
+
+#[test]
 fn a_newcomer_taken_on_every_stripe_gets_the_keyframe_once() {
     let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
     let parent = s.add_roomy_parent(100);
