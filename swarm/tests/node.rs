@@ -70,6 +70,8 @@ struct Swarm {
     starting_subscribes: Vec<(Instant, NodeId, u64)>,
     /// Every chunk sent: (from, to, seq, class).
     chunks_sent: Vec<(NodeId, NodeId, u64, Class)>,
+    /// Payload bytes of each chunk published.
+    chunk_bytes: usize,
 }
 
 impl Swarm {
@@ -100,6 +102,7 @@ impl Swarm {
             subscribes: Vec::new(),
             starting_subscribes: Vec::new(),
             chunks_sent: Vec::new(),
+            chunk_bytes: 2000,
         };
         let p = info(0, 20_000, false);
         s.add(p, Role::Publisher, 20_000, Vec::new());
@@ -203,7 +206,7 @@ impl Swarm {
 
     fn chunk(&self, seq: u64) -> Chunk {
         let ingest_us = (self.now - self.epoch).as_micros() as u64;
-        let payload = Bytes::from(vec![(seq % 251) as u8; 2000]);
+        let payload = Bytes::from(vec![(seq % 251) as u8; self.chunk_bytes]);
         Chunk::sign(&self.key, seq, ingest_us, seq % KEYFRAME_EVERY == 0, STRIPES, payload).unwrap()
     }
 
@@ -858,6 +861,57 @@ fn a_group_from_an_older_keyframe_sends_what_follows_the_newer_one_with_the_live
             "{seq}: {stream:?} {background:?}"
         );
     }
+}
+
+#[test]
+fn a_parent_sends_no_more_groups_at_once_than_its_uplink_sends_soon() {
+    // Chunks of 25 KB every 50 ms: the 4 Mbit/s the nodes are configured for. A flash
+    // crowd asks one parent of 40 Mbit/s; each newcomer's group (its keyframe chunk and
+    // the stripe's chunks after it) is 100-125 KB, so the groups of about a dozen leave
+    // within 300 ms. The rest get the keyframe chunk and the live chunks, and pull the
+    // group. Once those groups have left, a newcomer gets its group again.
+    let mut s = Swarm::new(5);
+    s.chunk_bytes = 25_000;
+    for i in 1..=10 {
+        s.add_viewer(i, 8000);
+        s.run_for(Duration::from_millis(20));
+    }
+    s.run_for(Duration::from_secs(2));
+    let parent = s.add_roomy_parent(100);
+    s.run_to_phase(16);
+    let home = Node::home_stripe(&parent, STRIPES) as u8;
+    let key = s.next_seq - 16;
+    let group_end = s.next_seq - 4; // what the parent surely holds by now
+    let crowd: Vec<NodeId> = (200..230).map(|i| s.subscribe_as_newcomer(i, parent, home, key)).collect();
+    s.run_for(Duration::from_millis(600));
+    let in_stripe = |q: &u64| *q % STRIPES as u64 == home as u64;
+    let mut with_group = 0;
+    for c in &crowd {
+        assert!(s.nodes[&parent].children(home as usize).contains(c), "all taken");
+        let sent = s.sent(parent, *c);
+        assert!(sent.contains(&key), "the keyframe chunk to every newcomer: {sent:?}");
+        let group = sent.iter().filter(|q| **q > key && **q < group_end && in_stripe(q)).count();
+        let live = sent.iter().filter(|q| **q >= group_end && in_stripe(q)).count();
+        assert!(live >= 2, "{sent:?}");
+        match group {
+            0 => {}
+            n if n == (key + 1..group_end).filter(in_stripe).count() => with_group += 1,
+            _ => panic!("part of a group: {sent:?}"),
+        }
+    }
+    // 40 Mbit/s less the live stripes of the children taken: 300 ms of it holds 8-12 groups.
+    assert!((6..=14).contains(&with_group), "{with_group} of {} sent their group", crowd.len());
+    // A second later the groups are out: the next newcomer gets its group.
+    s.run_for(Duration::from_secs(1));
+    s.run_to_phase(16);
+    let key = s.next_seq - 16;
+    let late = s.subscribe_as_newcomer(300, parent, home, key);
+    s.run_for(Duration::from_millis(100));
+    let sent = s.sent(parent, late);
+    assert!(
+        sent.contains(&key) && sent.iter().filter(|q| **q > key && in_stripe(q)).count() >= 3,
+        "{sent:?}"
+    );
 }
 
 #[test]
