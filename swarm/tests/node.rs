@@ -805,31 +805,43 @@ fn a_newcomer_asks_where_a_redirect_said_the_stream_is() {
     assert_eq!(asked, vec![(candidate.id, 2, true, 120)]);
 }
 
+/// A newcomer asks a roomy parent, at home outside stripe 0 (where keyframes fall) and
+/// `phase` chunks into a keyframe group, for the group of the keyframe `keys_back` before
+/// its newest. Returns the newest keyframe and, for each chunk of the parent's stripe after
+/// the one asked for, up to what the parent surely held, whether it went with the live
+/// chunks (`Stream`) rather than behind them (`Background`); each went in exactly one.
+fn group_sent_with_live(phase: u64, keys_back: u64) -> (u64, Vec<(u64, bool)>) {
+    let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
+    let parent = (100..).find(|&i| Node::home_stripe(&id(i), STRIPES) != 0).unwrap();
+    let parent = s.add_roomy_parent(parent);
+    s.run_to_phase(phase);
+    let newest_key = s.next_seq - phase;
+    let asked = newest_key - keys_back * KEYFRAME_EVERY;
+    let home = Node::home_stripe(&parent, STRIPES) as u64;
+    let group_end = s.next_seq - 4; // what the parent surely holds by now
+    let newcomer = s.subscribe_as_newcomer(200, parent, home as u8, asked);
+    s.run_for(Duration::from_millis(600));
+    let stream = s.sent_in(parent, newcomer, Class::Stream);
+    let background = s.sent_in(parent, newcomer, Class::Background);
+    assert!(stream.contains(&asked), "the keyframe goes first: {stream:?}");
+    let classes = (asked + 1..group_end)
+        .filter(|q| q % STRIPES as u64 == home)
+        .map(|seq| {
+            let (live, behind) = (stream.contains(&seq), background.contains(&seq));
+            assert!(live != behind, "{seq}: {stream:?} {background:?}");
+            (seq, live)
+        })
+        .collect();
+    (newest_key, classes)
+}
+
 #[test]
 fn a_newcomers_group_head_goes_with_the_live_chunks_and_the_rest_behind_them() {
     // The head of the group, its first 200 ms (4 chunks of 50 ms), goes with the live
     // chunks; the rest of the group waits behind the other children's live chunks.
-    let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
-    // Keyframes fall on stripe 0 (every 20th chunk); a parent at home in another stripe has
-    // a chunk of its stripe in the head besides the keyframe.
-    let parent = (100..).find(|&i| Node::home_stripe(&id(i), STRIPES) != 0).unwrap();
-    let parent = s.add_roomy_parent(parent);
-    s.run_to_phase(16);
-    let key = s.next_seq - 16;
-    let home = Node::home_stripe(&parent, STRIPES) as u64;
-    assert_eq!(key % STRIPES as u64, 0);
-    let group_end = s.next_seq - 4; // what the parent surely holds by now
-    let newcomer = s.subscribe_as_newcomer(200, parent, home as u8, key);
-    s.run_for(Duration::from_millis(600));
-    let stream = s.sent_in(parent, newcomer, Class::Stream);
-    let background = s.sent_in(parent, newcomer, Class::Background);
-    assert!(stream.contains(&key), "the keyframe goes first: {stream:?}");
-    for seq in (key + 1..group_end).filter(|q| q % STRIPES as u64 == home) {
-        if seq < key + 4 {
-            assert!(stream.contains(&seq) && !background.contains(&seq), "{seq}: {stream:?} {background:?}");
-        } else {
-            assert!(background.contains(&seq) && !stream.contains(&seq), "{seq}: {stream:?} {background:?}");
-        }
+    let (key, classes) = group_sent_with_live(16, 0);
+    for (seq, live) in classes {
+        assert_eq!(live, seq < key + 4, "{seq}");
     }
 }
 
@@ -837,29 +849,12 @@ fn a_newcomers_group_head_goes_with_the_live_chunks_and_the_rest_behind_them() {
 fn a_group_from_an_older_keyframe_sends_what_follows_the_newer_one_with_the_live_chunks() {
     // The newcomer asked for the keyframe before our newest (its other parents started
     // there). If that group comes too late its player starts at our newest keyframe
-    // instead, so the chunks from it on must not wait behind the older group.
-    let mut s = Swarm::grown(5, 10, 8000, Duration::from_millis(20), Duration::from_secs(2));
-    let parent = (100..).find(|&i| Node::home_stripe(&id(i), STRIPES) != 0).unwrap();
-    let parent = s.add_roomy_parent(parent);
-    s.run_to_phase(12);
-    let newest_key = s.next_seq - 12;
+    // instead, so the chunks from it on must not wait behind the older group; the older
+    // group's head still goes with the live chunks, the rest behind them.
+    let (newest_key, classes) = group_sent_with_live(12, 1);
     let previous_key = newest_key - KEYFRAME_EVERY;
-    let home = Node::home_stripe(&parent, STRIPES) as u64;
-    let group_end = s.next_seq - 4; // what the parent surely holds by now
-    let newcomer = s.subscribe_as_newcomer(200, parent, home as u8, previous_key);
-    s.run_for(Duration::from_millis(600));
-    let stream = s.sent_in(parent, newcomer, Class::Stream);
-    let background = s.sent_in(parent, newcomer, Class::Background);
-    assert!(stream.contains(&previous_key), "the start keyframe goes first: {stream:?}");
-    for seq in (previous_key + 1..group_end).filter(|q| q % STRIPES as u64 == home) {
-        // The older group's head (200 ms, 4 chunks of 50 ms), and everything from the
-        // newer keyframe on, go with the live chunks; the rest behind them.
-        let with_live = seq < previous_key + 4 || seq >= newest_key;
-        assert_eq!(
-            (stream.contains(&seq), background.contains(&seq)),
-            (with_live, !with_live),
-            "{seq}: {stream:?} {background:?}"
-        );
+    for (seq, live) in classes {
+        assert_eq!(live, seq < previous_key + 4 || seq >= newest_key, "{seq}");
     }
 }
 
