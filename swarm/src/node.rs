@@ -347,9 +347,9 @@ const START_BACKLOG_MAX: Duration = Duration::from_secs(1);
 /// would leave its uplink within this, at the upload its live children leave spare; past
 /// it, only the keyframe chunk and its live chunks, and its `Accept` says so: the
 /// newcomer pulls the rest from its mesh neighbours at once. In a flash crowd a weak
-/// interior node took five newcomers within 200 ms in `rill testbed swarm --nodes 30`
-/// (traced), held 112 KB in its send queue, and its children waited 500 ms for their
-/// first chunk of its stripe before leaving it. `rill testbed swarm --nodes 30 --duration
+/// interior node took five newcomers within 250 ms in `rill testbed swarm --nodes 30`
+/// (traced), held 112 KB in its send queue, and one of them waited 500 ms for its first
+/// chunk of the stripe and then left it. `rill testbed swarm --nodes 30 --duration
 /// 8 --runs 8 --seed S`, seeds 1089-1120 (32 runs, in turn with the build before),
 /// without / with: `lost_chunks` 162 / 111 (fewer with it in 18 seeds, more in 7), the p99
 /// lag lower with it in 23 of the 32 seeds (median 456.8 / 424.0 ms) and within target in
