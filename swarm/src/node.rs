@@ -678,9 +678,14 @@ impl Node {
         self.stripes.iter().enumerate().filter(|(s, _)| *s != home).map(|(_, st)| st.children.len()).sum()
     }
 
+    /// One stripe's share of the stream, kbit/s (at least 1).
+    fn stripe_kbps(&self) -> f64 {
+        (self.config.stream_kbps as f64 / self.k() as f64).max(1.0)
+    }
+
     /// Stripe copies our upload carries at [`TREE_UPLOAD_SHARE`].
     fn tree_slots(&self) -> usize {
-        let stripe_kbps = (self.config.stream_kbps as f64 / self.k() as f64).max(1.0);
+        let stripe_kbps = self.stripe_kbps();
         let share = match self.role {
             Role::Viewer => TREE_UPLOAD_SHARE,
             Role::Publisher | Role::Relay => ROOT_TREE_UPLOAD_SHARE,
@@ -1102,7 +1107,7 @@ impl Node {
                 })
                 .map(|(_, h)| h.clone())
                 .collect();
-            self.group_backlog(now);
+            // `busy` above drained the estimate to `now` (we hold a keyframe here).
             self.group_backlog_bytes += group.iter().map(|h| h.chunk.payload.len() as f64).sum::<f64>();
             // The group's head, its first `GROUP_HEAD_SPAN` of stream, goes with our live
             // chunks: the newcomer starts output once it holds that much.
@@ -1125,10 +1130,10 @@ impl Node {
             // `continuity_index` 0.9991 either way.
             let newer_keyframe = self.latest_keyframe.filter(|&k| k > key);
             for h in group {
-                let head = head_until_us.is_some_and(|until| h.chunk.ingest_us < until)
+                let with_live = head_until_us.is_some_and(|until| h.chunk.ingest_us < until)
                     || newer_keyframe.is_some_and(|k| h.chunk.seq >= k);
                 let message = Message::Chunk { hops: h.hops.saturating_add(1), chunk: h.chunk.clone() };
-                if h.chunk.seq == key || head {
+                if h.chunk.seq == key || with_live {
                     self.send_chunk(now, child, message);
                 } else {
                     self.send_repair_chunk(now, child, message);
@@ -1163,10 +1168,10 @@ impl Node {
     /// How long the fast-join groups we queued take to leave our uplink at the upload our
     /// live children leave spare (at least a tenth of it), now; drains the estimate.
     fn group_backlog(&mut self, now: Instant) -> Duration {
-        let upload = self.config.upload_kbps as f64 * 1000.0 / 8.0;
-        let stripe = self.config.stream_kbps as f64 * 1000.0 / 8.0 / self.k() as f64;
-        let live = self.stripes.iter().map(|s| s.children.len()).sum::<usize>() as f64 * stripe;
-        let spare = (upload - live).max(upload / 10.0).max(1.0);
+        let children = self.stripes.iter().map(|s| s.children.len()).sum::<usize>() as f64;
+        let spare_kbps = self.config.upload_kbps as f64 - children * self.stripe_kbps();
+        // Bytes per second, at least a tenth of the upload (and never 0, to divide by).
+        let spare = (spare_kbps.max(self.config.upload_kbps as f64 / 10.0) * 1000.0 / 8.0).max(1.0);
         let elapsed = now.saturating_duration_since(self.group_backlog_at).as_secs_f64();
         self.group_backlog_bytes = (self.group_backlog_bytes - spare * elapsed).max(0.0);
         self.group_backlog_at = now;
