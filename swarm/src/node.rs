@@ -1931,8 +1931,12 @@ impl Node {
         let mut by_peer: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
         // The newest chunk of each stripe held in [from, seq), as `seq` goes up.
         let mut stripe_newest: Vec<Option<(u64, Instant)>> = vec![None; k as usize];
+        // The held chunks of the window, walked beside `seq` (one ordered pass, not a
+        // lookup per seq: this runs every tick at every node, and most of the window is
+        // held). Its head is the first chunk held after `seq`.
+        let mut held = self.buffer.range(from..=newest).peekable();
         for seq in from..=newest {
-            if let Some(h) = self.buffer.get(&seq) {
+            if let Some((_, h)) = held.next_if(|(s, _)| **s == seq) {
                 stripe_newest[(seq % k) as usize] = Some((seq, h.arrived));
                 continue;
             }
@@ -1950,7 +1954,7 @@ impl Node {
                 Some(prev) => prev.arrived + period + slack,
                 // The stripe's previous chunk is missing too, with newer chunks here (a
                 // gap): late by the same measure.
-                None => match self.buffer.range(seq + 1..).next() {
+                None => match held.peek() {
                     Some((_, later)) => later.arrived + slack,
                     // Newer than all we hold, known only from the neighbours' summaries:
                     // due on the stripe's cadence, or once a neighbour has named it for

@@ -7,6 +7,7 @@
 //! - [`scenario`]: the TOML scenario files (`scenarios/*.toml`).
 //! - [`net`]: links, queues, delays, loss and the wire size of a message.
 //! - [`run`]: the event loop.
+//! - [`queue`]: its event queue, a radix heap.
 //! - [`metrics`]: per-viewer records and the figures of shared/METRICS.md.
 //! - [`floor`]: the lag floor, a lower bound no overlay beats.
 //! - [`verify`]: the shared memoizing chunk verifier.
@@ -26,6 +27,7 @@ use crate::table::{format_float, round};
 pub mod floor;
 pub mod metrics;
 pub mod net;
+pub mod queue;
 pub mod run;
 pub mod scenario;
 pub mod verify;

@@ -1,12 +1,11 @@
 //! The event loop: real `Node`s, virtual time, the network of [`super::net`].
 //!
-//! Determinism: one heap of events ordered by (time, insertion number), every random
+//! Determinism: one queue of events ordered by (time, insertion number), every random
 //! choice from ChaCha streams seeded by the run's seed, per-node state in `Vec`s indexed
 //! by node number; the only hash maps (node id → number, the verifier's cache) are looked
 //! up, never iterated.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use rill_viewer::LagHistogram;
 use super::floor;
 use super::metrics::{Summary, Timing, ViewerRec};
 use super::net::{self, mix, Bernoulli, Delays, DownloadLink, UploadQueue, Wire};
+use super::queue::EventQueue;
 use super::scenario::Scenario;
 use super::verify::SharedVerifier;
 
@@ -104,31 +104,6 @@ enum Kind {
     PeerLost(u32, u32),
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Event {
-    at: u64,
-    seq: u64,
-    kind: Kind,
-}
-
-// BinaryHeap is a max-heap: the earliest (time, insertion number) compares greatest.
-impl Ord for Event {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Event {}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Life {
     NotYet,
@@ -143,7 +118,7 @@ struct Slot {
     life: Life,
     upload: UploadQueue,
     download: DownloadLink,
-    /// The Timer event in the heap that counts (others are stale).
+    /// The Timer event in the queue that counts (others are stale).
     timer_at: Option<u64>,
     wire_sent: u64,
     /// Data packets received (acked at one ack per `ack_every` of them).
@@ -176,7 +151,7 @@ struct Flight {
 struct World {
     now: u64,
     epoch: Instant,
-    heap: BinaryHeap<Event>,
+    events: EventQueue<Kind>,
     next_seq: u64,
     slots: Vec<Slot>,
     index: HashMap<NodeId, u32>,
@@ -251,7 +226,7 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
     let mut w = World {
         now: 0,
         epoch: Instant::now(),
-        heap: BinaryHeap::new(),
+        events: EventQueue::default(),
         next_seq: 0,
         slots: Vec::new(),
         index: HashMap::new(),
@@ -336,14 +311,14 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
     let progress = progress && std::io::stderr().is_terminal();
     let mut next_mark = 1u64;
     let mut events = 0u64;
-    while let Some(ev) = sim.w.heap.pop() {
-        if ev.at > timing.end_ns {
+    while let Some((at, kind)) = sim.w.events.pop() {
+        if at > timing.end_ns {
             break;
         }
-        sim.w.now = ev.at;
+        sim.w.now = at;
         events += 1;
-        match ev.kind {
-            Kind::Timer(i) => sim.on_timer(i, ev.at),
+        match kind {
+            Kind::Timer(i) => sim.on_timer(i, at),
             Kind::Publish(seq) => sim.publish(&key, &payload, seq),
             Kind::Join(i) => sim.join(i),
             Kind::UploadDone(i) => sim.w.upload_done(i),
@@ -356,17 +331,17 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
             }
             Kind::PeerLost(i, peer) => sim.peer_lost(i, peer),
         }
-        if progress && ev.at * 20 >= next_mark * timing.end_ns {
+        if progress && at * 20 >= next_mark * timing.end_ns {
             let secs = wall.elapsed().as_secs_f64();
             // One line, rewritten in place (a terminal only; see above).
             eprint!(
                 "\rsim: {:5.1}/{:.1} s virtual  {:6.1} s wall  {:.2} M events/s",
-                ev.at as f64 / 1e9,
+                at as f64 / 1e9,
                 timing.end_ns as f64 / 1e9,
                 secs,
                 events as f64 / secs.max(1e-9) / 1e6
             );
-            next_mark = ev.at * 20 / timing.end_ns.max(1) + 1;
+            next_mark = at * 20 / timing.end_ns.max(1) + 1;
         }
     }
     if progress {
@@ -513,7 +488,7 @@ fn add_stats(sum: &mut NodeStats, s: &NodeStats) {
 
 impl World {
     fn push(&mut self, at: u64, kind: Kind) {
-        self.heap.push(Event { at, seq: self.next_seq, kind });
+        self.events.push(at, self.next_seq, kind);
         self.next_seq += 1;
     }
 
