@@ -1177,8 +1177,8 @@ fn a_live_chunk_that_beats_the_keyframe_group_does_not_move_the_start_past_it() 
 
 #[test]
 fn a_node_over_its_pull_budget_declines_the_rest_at_once() {
-    // Pulls are served from a share of the upload (`PULL_UPLOAD_SHARE`); what is over it,
-    // or not held, is declined in one message, so the requester asks elsewhere at once.
+    // What is over the budget (here the per-neighbour cap), or not held, is declined in one
+    // message, so the requester asks elsewhere at once.
     let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
     let neighbour = info(1, 8000, false);
     hand_chunks(&mut n, now, &key, publisher.id, &(40..80).collect::<Vec<u64>>(), &[40]);
@@ -1194,8 +1194,8 @@ fn a_node_over_its_pull_budget_declines_the_rest_at_once() {
             _ => {}
         }
     }
-    // 6 Mbit/s × 0.15 is 11,250 bytes a 100 ms tick: twelve 1,000-byte chunks.
-    assert_eq!(served, (40..52).collect::<Vec<u64>>());
+    // Sixteen a tick to one neighbour (`MAX_SERVED_PER_PEER_PER_TICK`).
+    assert_eq!(served, (40..56).collect::<Vec<u64>>());
     let mut answered = [served.clone(), declined.clone()].concat();
     answered.sort_unstable();
     assert_eq!(answered, asked, "every seq asked is served or declined");
@@ -1206,6 +1206,49 @@ fn a_node_over_its_pull_budget_declines_the_rest_at_once() {
     let to_stranger: Vec<Message> =
         std::iter::from_fn(|| n.poll_transmit()).filter(|t| t.to.id == id(77)).map(|t| t.message).collect();
     assert_eq!(to_stranger, vec![Message::Declined { seqs: vec![45, 46] }]);
+}
+
+/// Chunks `n` serves in one tick to five neighbours asking for 31 each.
+fn served_in_a_tick(n: &mut Node, now: Instant) -> usize {
+    let neighbours: Vec<PeerInfo> = (1..=5).map(|i| info(i, 8000, false)).collect();
+    for nb in &neighbours {
+        n.handle_message(now, nb.id, Message::Hello { info: *nb });
+    }
+    while n.poll_transmit().is_some() {}
+    for nb in &neighbours {
+        n.handle_message(now, nb.id, Message::Request { seqs: (40..71).collect() });
+    }
+    std::iter::from_fn(|| n.poll_transmit()).filter(|t| matches!(t.message, Message::Chunk { .. })).count()
+}
+
+#[test]
+fn a_node_serves_pulls_from_what_its_children_leave_of_its_upload() {
+    // Trees and pulls together may take 0.8 + 0.15 of the upload (`TREE_UPLOAD_SHARE`,
+    // `PULL_UPLOAD_SHARE`): a leaf serves from all of it, 5.7 Mbit/s of 6 (71,250 bytes a
+    // 100 ms tick: 72 chunks of 1,000 bytes, the last one past the budget); a node whose
+    // children take 4 of the 4 Mbit/s stream's 1 Mbit/s stripes from what is left,
+    // 1.7 Mbit/s (21,250 bytes: 22 chunks). A leaf lending its idle upload to repairs is
+    // what lets a swarm recover when parents leave, and a newcomer pull its start: see
+    // `serve_budget_per_tick` for the figures.
+    let (mut leaf, now, key, publisher) = newcomer_with_a_neighbour();
+    hand_chunks(&mut leaf, now, &key, publisher.id, &(40..80).collect::<Vec<u64>>(), &[40]);
+    assert_eq!(served_in_a_tick(&mut leaf, now), 72);
+
+    let (mut parent, now, key, publisher) = newcomer_with_a_neighbour();
+    hand_chunks(&mut parent, now, &key, publisher.id, &(40..80).collect::<Vec<u64>>(), &[40]);
+    for stripe in 0..STRIPES {
+        for c in 0..4 {
+            let child = info(100 + u32::from(stripe) * 10 + c, 2000, false);
+            parent.handle_message(
+                now,
+                child.id,
+                Message::Subscribe { stripe, starting: false, from_seq: 60, info: child },
+            );
+        }
+    }
+    let children: usize = (0..STRIPES as usize).map(|s| parent.children(s).len()).sum();
+    assert_eq!(children, 4, "the home stripe's slots");
+    assert_eq!(served_in_a_tick(&mut parent, now + Duration::from_millis(100)), 22);
 }
 
 #[test]
