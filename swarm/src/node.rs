@@ -20,7 +20,8 @@
 //! - **Mesh** (HyParView-like, Leitão et al., DSN 2007): a bounded active view of mesh
 //!   neighbours exchanging availability summaries (`Have`), and a bounded passive view fed by
 //!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours,
-//!   within a share of each server's upload; what a server will not send it declines at
+//!   within what each server's upload leaves beside its children's stripes (at least a
+//!   fixed share); what a server will not send it declines at
 //!   once (`Message::Declined`), and the chunk is asked of another holder. What
 //!   a node got as repair (a pull, a fast-join group, a resume) it passes on to its
 //!   children as repair too, behind their live chunks.
@@ -684,14 +685,23 @@ impl Node {
         (self.config.stream_kbps as f64 / self.k() as f64).max(1.0)
     }
 
-    /// Stripe copies our upload carries at [`TREE_UPLOAD_SHARE`].
-    fn tree_slots(&self) -> usize {
-        let stripe_kbps = self.stripe_kbps();
-        let share = match self.role {
+    /// Share of our upload planned for tree children ([`TREE_UPLOAD_SHARE`], or
+    /// [`ROOT_TREE_UPLOAD_SHARE`] for roots).
+    fn tree_share(&self) -> f64 {
+        match self.role {
             Role::Viewer => TREE_UPLOAD_SHARE,
             Role::Publisher | Role::Relay => ROOT_TREE_UPLOAD_SHARE,
-        };
-        (self.config.upload_kbps as f64 * share / stripe_kbps).floor() as usize
+        }
+    }
+
+    /// Stripe copies our upload carries at [`Node::tree_share`].
+    fn tree_slots(&self) -> usize {
+        (self.config.upload_kbps as f64 * self.tree_share() / self.stripe_kbps()).floor() as usize
+    }
+
+    /// What our children's stripes take of our upload now, kbit/s.
+    fn children_kbps(&self) -> f64 {
+        self.stripes.iter().map(|s| s.children.len()).sum::<usize>() as f64 * self.stripe_kbps()
     }
 
     /// A viewer whose home stripe leaves slots unused lends them to *leaves* of other
@@ -1169,8 +1179,7 @@ impl Node {
     /// How long the fast-join groups we queued take to leave our uplink at the upload our
     /// live children leave spare (at least a tenth of it), now; drains the estimate.
     fn group_backlog(&mut self, now: Instant) -> Duration {
-        let children = self.stripes.iter().map(|s| s.children.len()).sum::<usize>() as f64;
-        let spare_kbps = self.config.upload_kbps as f64 - children * self.stripe_kbps();
+        let spare_kbps = self.config.upload_kbps as f64 - self.children_kbps();
         // Bytes per second, at least a tenth of the upload (and never 0, to divide by).
         let spare = (spare_kbps.max(self.config.upload_kbps as f64 / 10.0) * 1000.0 / 8.0).max(1.0);
         let elapsed = now.saturating_duration_since(self.group_backlog_at).as_secs_f64();
@@ -1363,7 +1372,7 @@ impl Node {
 
     /// Upload bytes per tick for serving pulls: [`PULL_UPLOAD_SHARE`], and what our
     /// children leave unused of the trees' share. A node plans trees and pulls together
-    /// within `TREE_UPLOAD_SHARE + PULL_UPLOAD_SHARE` of its upload; a leaf, or a parent
+    /// within its tree share and `PULL_UPLOAD_SHARE` of its upload; a leaf, or a parent
     /// whose children left, would otherwise leave most of it idle just when the swarm
     /// needs repairs most. `rill sim scenarios/issue-10k-churn.toml --seed S`, S = 1, 2, 3:
     /// `continuity_index` 0.9954, 0.9948, 0.9946 with the pull share alone, 0.9955,
@@ -1373,14 +1382,8 @@ impl Node {
     /// same lost chunks (64 against 65).
     fn serve_budget_per_tick(&self) -> u64 {
         let upload_kbps = self.config.upload_kbps as f64;
-        let tree_share = match self.role {
-            Role::Viewer => TREE_UPLOAD_SHARE,
-            Role::Publisher | Role::Relay => ROOT_TREE_UPLOAD_SHARE,
-        };
-        let children: usize = self.stripes.iter().map(|s| s.children.len()).sum();
-        let tree_kbps = children as f64 * self.stripe_kbps();
-        let spare_kbps =
-            (upload_kbps * (tree_share + PULL_UPLOAD_SHARE) - tree_kbps).max(upload_kbps * PULL_UPLOAD_SHARE);
+        let spare_kbps = (upload_kbps * (self.tree_share() + PULL_UPLOAD_SHARE) - self.children_kbps())
+            .max(upload_kbps * PULL_UPLOAD_SHARE);
         (spare_kbps * 1000.0 / 8.0 * TICK.as_secs_f64()) as u64
     }
 

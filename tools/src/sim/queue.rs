@@ -23,11 +23,14 @@ pub struct EventQueue<T> {
     buckets: Vec<Vec<(u128, T)>>,
     last: u128,
     len: usize,
+    /// Items pushed so far: the insertion number of the next, which orders items at
+    /// the same time.
+    pushed: u64,
 }
 
 impl<T> Default for EventQueue<T> {
     fn default() -> Self {
-        Self { buckets: (0..BUCKETS).map(|_| Vec::new()).collect(), last: 0, len: 0 }
+        Self { buckets: (0..BUCKETS).map(|_| Vec::new()).collect(), last: 0, len: 0, pushed: 0 }
     }
 }
 
@@ -45,13 +48,14 @@ fn bucket(last: u128, key: u128) -> usize {
 }
 
 impl<T> EventQueue<T> {
-    /// Schedules `item` at `at`; `seq` must be unique and orders items at the same time.
-    /// An `at` before the last popped time is moved up to it (a simulator's bug, were it
-    /// to happen: time does not run backwards).
-    pub fn push(&mut self, at: u64, seq: u64, item: T) {
+    /// Schedules `item` at `at`, after the items already pushed for the same time. An
+    /// `at` before the last popped time is moved up to it (a simulator's bug, were it to
+    /// happen: time does not run backwards).
+    pub fn push(&mut self, at: u64, item: T) {
         let last_at = (self.last >> 64) as u64;
         debug_assert!(at >= last_at, "event at {at} ns scheduled before the clock ({last_at} ns)");
-        let k = key(at.max(last_at), seq);
+        let k = key(at.max(last_at), self.pushed);
+        self.pushed += 1;
         self.buckets[bucket(self.last, k)].push((k, item));
         self.len += 1;
     }
@@ -118,7 +122,7 @@ mod tests {
                     1 => now + next() % 60_000_000_000,
                     _ => now + next() % 50_000_000,
                 };
-                q.push(at, seq, round);
+                q.push(at, round);
                 reference.push(Reverse((at, seq, round)));
                 seq += 1;
             }

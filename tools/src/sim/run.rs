@@ -152,7 +152,6 @@ struct World {
     now: u64,
     epoch: Instant,
     events: EventQueue<Kind>,
-    next_seq: u64,
     slots: Vec<Slot>,
     index: HashMap<NodeId, u32>,
     flights: Vec<Flight>,
@@ -227,7 +226,6 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
         now: 0,
         epoch: Instant::now(),
         events: EventQueue::default(),
-        next_seq: 0,
         slots: Vec::new(),
         index: HashMap::new(),
         flights: Vec::new(),
@@ -488,8 +486,7 @@ fn add_stats(sum: &mut NodeStats, s: &NodeStats) {
 
 impl World {
     fn push(&mut self, at: u64, kind: Kind) {
-        self.events.push(at, self.next_seq, kind);
-        self.next_seq += 1;
+        self.events.push(at, kind);
     }
 
     fn instant(&self, ns: u64) -> Instant {
