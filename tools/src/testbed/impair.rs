@@ -169,14 +169,14 @@ impl DelayLine {
         Verdict::Queued
     }
 
-    /// The next packet whose release time is at or before `now_us`.
-    pub fn pop_due(&mut self, now_us: u64) -> Option<Vec<u8>> {
+    /// The next packet whose release time is at or before `now_us`, with that time.
+    pub fn pop_due(&mut self, now_us: u64) -> Option<(u64, Vec<u8>)> {
         if self.heap.peek()?.0.release_us > now_us {
             return None;
         }
         let Reverse(held) = self.heap.pop()?;
         self.bytes -= held.packet.len();
-        Some(held.packet)
+        Some((held.release_us, held.packet))
     }
 
     /// Release time of the next packet.
@@ -225,6 +225,83 @@ struct Counters {
     forwarded: AtomicU64,
     lost: AtomicU64,
     overflow: AtomicU64,
+    /// Packets written more than 1 ms and more than 5 ms after their release time, and
+    /// the most any was (µs): how faithfully the forwarder kept its delays. It shares the
+    /// CPUs with the processes under test; when it runs late, every path's delay and
+    /// jitter grows with the load, which no real network does.
+    late_over_1ms: AtomicU64,
+    late_over_5ms: AtomicU64,
+    late_max_us: AtomicU64,
+    /// Whether the thread got a real-time scheduling class (see [`REALTIME_PRIORITY`]).
+    realtime: AtomicBool,
+}
+
+impl Counters {
+    fn count_release(&self, late_us: u64) {
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        if late_us > 1_000 {
+            self.late_over_1ms.fetch_add(1, Ordering::Relaxed);
+        }
+        if late_us > 5_000 {
+            self.late_over_5ms.fetch_add(1, Ordering::Relaxed);
+        }
+        self.late_max_us.fetch_max(late_us, Ordering::Relaxed);
+    }
+
+    fn timeliness(&self) -> Timeliness {
+        Timeliness {
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            late_over_1ms: self.late_over_1ms.load(Ordering::Relaxed),
+            late_over_5ms: self.late_over_5ms.load(Ordering::Relaxed),
+            late_max_us: self.late_max_us.load(Ordering::Relaxed),
+            realtime: self.realtime.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How late the forwarder wrote packets, against the release times it gave them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timeliness {
+    pub forwarded: u64,
+    pub late_over_1ms: u64,
+    pub late_over_5ms: u64,
+    pub late_max_us: u64,
+    pub realtime: bool,
+}
+
+impl Timeliness {
+    /// For reports: the real-time flag, packets forwarded, the fractions released more
+    /// than 1 ms and 5 ms late, and the latest, ms.
+    pub fn figures(&self) -> serde_json::Value {
+        let frac = |n: u64| if self.forwarded == 0 { 0.0 } else { round4(n as f64 / self.forwarded as f64) };
+        serde_json::json!({
+            "realtime": self.realtime,
+            "packets": self.forwarded,
+            "late_over_1ms": frac(self.late_over_1ms),
+            "late_over_5ms": frac(self.late_over_5ms),
+            "late_max_ms": (self.late_max_us as f64 / 100.0).round() / 10.0,
+        })
+    }
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+/// `SCHED_FIFO` priority of the forwarder thread. The forwarder is the network: a packet
+/// it releases late is a path delay the scenario did not ask for. Without a real-time
+/// class it waits for a CPU behind the 31 `rill` processes of `rill testbed swarm --nodes
+/// 30` on this 2-core machine. 10: above every normal thread, below the kernel's own
+/// real-time threads (watchdogs, 99). The kernel's real-time throttling (95 % of each
+/// second by default) still leaves the rest a share should it ever spin.
+const REALTIME_PRIORITY: libc::c_int = 10;
+
+/// Move the calling thread into `SCHED_FIFO` at [`REALTIME_PRIORITY`]; false if the
+/// kernel refused (no `CAP_SYS_NICE`, or real-time time not granted to this cgroup).
+fn make_realtime() -> bool {
+    let param = libc::sched_param { sched_priority: REALTIME_PRIORITY };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
 }
 
 /// The forwarder thread; [`Forwarder::stop`] ends it (and with it the TUN device).
@@ -285,6 +362,11 @@ impl Forwarder {
         self.counters.forwarded.load(Ordering::Relaxed)
     }
 
+    /// How late packets left, so far.
+    pub fn timeliness(&self) -> Timeliness {
+        self.counters.timeliness()
+    }
+
     /// Stop the thread and wait for it (it checks the flag at least every 20 ms).
     pub fn stop(mut self) {
         self.join();
@@ -343,6 +425,14 @@ fn open_tun_in(ns_path: &str, name: &str) -> Result<OwnedFd> {
 
 fn forward(tun: &OwnedFd, table: &Mutex<Impairments>, stop: &AtomicBool, counters: &Counters, seed: u64) {
     let fd = tun.as_raw_fd();
+    if make_realtime() {
+        counters.realtime.store(true, Ordering::Relaxed);
+    } else {
+        eprintln!(
+            "rill testbed: the forwarder runs without a real-time class ({}); under load its delays grow",
+            std::io::Error::last_os_error()
+        );
+    }
     let start = Instant::now();
     let now_us = || start.elapsed().as_micros() as u64;
     let mut line = DelayLine::new(seed);
@@ -380,11 +470,11 @@ fn forward(tun: &OwnedFd, table: &Mutex<Impairments>, stop: &AtomicBool, counter
             }
         }
         let now = now_us();
-        while let Some(p) = line.pop_due(now) {
+        while let Some((release_us, p)) = line.pop_due(now) {
             // SAFETY: writing an owned buffer; a TUN write takes one whole packet.
             let n = unsafe { libc::write(fd, p.as_ptr().cast(), p.len()) };
             if n == p.len() as isize {
-                counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                counters.count_release(now_us().saturating_sub(release_us));
             }
         }
         let wait = line
@@ -414,7 +504,7 @@ mod tests {
         assert_eq!(line.offer(1_000, A, B, &d(10, 0, 0.0), &d(20, 0, 0.0), vec![1]), Verdict::Queued);
         assert_eq!(line.next_release_us(), Some(31_000));
         assert_eq!(line.pop_due(30_999), None);
-        assert_eq!(line.pop_due(31_000), Some(vec![1]));
+        assert_eq!(line.pop_due(31_000), Some((31_000, vec![1])));
         assert!(line.is_empty());
     }
 
@@ -431,7 +521,8 @@ mod tests {
             let r = line.next_release_us().unwrap();
             assert!(r >= t, "time only moves forward");
             t = r;
-            let p = line.pop_due(t).unwrap();
+            let (at, p) = line.pop_due(t).unwrap();
+            assert_eq!(at, r);
             let i = u64::from_be_bytes(p.try_into().unwrap());
             // Release is within arrival + 15..=25 ms, or held back behind an earlier packet.
             assert!(t >= i * 100 + 15_000, "packet {i} left at {t}");
@@ -466,7 +557,7 @@ mod tests {
         let mut line = DelayLine::with_bounds(1, 10, 15);
         assert_eq!(line.offer(0, A, B, &none, &none, vec![0; 10]), Verdict::Queued);
         assert_eq!(line.offer(0, A, B, &none, &none, vec![0; 10]), Verdict::Overflow);
-        assert_eq!(line.pop_due(0).map(|p| p.len()), Some(10));
+        assert_eq!(line.pop_due(0).map(|(_, p)| p.len()), Some(10));
         assert_eq!(line.offer(0, A, B, &none, &none, vec![0; 10]), Verdict::Queued);
     }
 
@@ -475,9 +566,23 @@ mod tests {
         let mut line = DelayLine::new(1);
         line.offer(0, A, B, &d(50, 0, 0.0), &d(0, 0, 0.0), vec![1]);
         line.offer(0, B, A, &d(5, 0, 0.0), &d(0, 0, 0.0), vec![2]);
-        assert_eq!(line.pop_due(5_000), Some(vec![2]));
+        assert_eq!(line.pop_due(5_000), Some((5_000, vec![2])));
         assert_eq!(line.pop_due(5_000), None);
-        assert_eq!(line.pop_due(50_000), Some(vec![1]));
+        assert_eq!(line.pop_due(50_000), Some((50_000, vec![1])));
+    }
+
+    #[test]
+    fn timeliness_figures_are_fractions_of_the_packets_forwarded() {
+        let counters = Counters::default();
+        for late_us in [0, 900, 1_500, 4_000, 7_250] {
+            counters.count_release(late_us);
+        }
+        let f = counters.timeliness().figures();
+        assert_eq!(f["packets"], 5);
+        assert_eq!(f["late_over_1ms"], 0.6);
+        assert_eq!(f["late_over_5ms"], 0.2);
+        assert_eq!(f["late_max_ms"], 7.3);
+        assert_eq!(Timeliness::default().figures()["late_over_1ms"], 0.0);
     }
 
     #[test]

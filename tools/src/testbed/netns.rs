@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::impair::{Forwarder, HostImpairment, Impairments};
+use super::impair::{Forwarder, HostImpairment, Impairments, Timeliness};
 
 /// Minor id of link `link`'s upload class, and major id of the queue under it (tc prints
 /// both in hex). 1:1 is left unused. Fits: MAX_LINKS + 2 < 0xffff.
@@ -473,6 +473,11 @@ impl Testbed {
     /// Packets the forwarder dropped: (by loss, by its queue bound).
     pub fn forwarder_drops(&self) -> (u64, u64) {
         self.forwarder.as_ref().map_or((0, 0), |f| f.drops())
+    }
+
+    /// How late the forwarder released packets against their delays, so far.
+    pub fn forwarder_timeliness(&self) -> Timeliness {
+        self.forwarder.as_ref().map(|f| f.timeliness()).unwrap_or_default()
     }
 
     /// Pids of every process spawned by this testbed (exited or not).

@@ -407,6 +407,11 @@ impl Run<'_> {
 }
 
 /// Waits for `rill publish --link-file` to write the link (a whole line).
+/// The machine's stolen and total CPU ticks now (see [`swarm_stats::steal_share`]).
+fn read_cpu_steal() -> Option<(u64, u64)> {
+    swarm_stats::cpu_steal_and_total(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
 fn wait_for_link(run: &mut Run<'_>, path: &Path) -> Result<String> {
     let end = Instant::now() + LINK_TIMEOUT;
     while Instant::now() < end {
@@ -467,6 +472,7 @@ fn run_in_testbed(args: &SwarmArgs, dir: &WorkDir) -> Result<(Map<String, Value>
     let run_for = Duration::from_secs_f64(args.duration);
     let plan = Plan::new(args.nodes, args.seed, stream_kbps, run_for, args.churn, args.nat);
     let exe = super::flows::rill_exe()?;
+    let cpu_at_start = read_cpu_steal();
     let tb = Testbed::new("swarm")?;
     let prefix = tb.prefix().to_string();
     let mut run = Run {
@@ -616,6 +622,7 @@ fn run_in_testbed(args: &SwarmArgs, dir: &WorkDir) -> Result<(Map<String, Value>
         }
     }
     let (drops_loss, drops_queue) = run.tb.forwarder_drops();
+    let forwarder = run.tb.forwarder_timeliness();
     // The upload and download queues' drops: losses the transport had to repair.
     let tc_stats = run
         .tb
@@ -668,6 +675,9 @@ fn run_in_testbed(args: &SwarmArgs, dir: &WorkDir) -> Result<(Map<String, Value>
     }
     let mut checks = output_checks(&runs, &mut failures);
     checks.insert("forwarder_drops".into(), json!({ "loss": drops_loss, "queue": drops_queue }));
+    checks.insert("forwarder_timeliness".into(), forwarder.figures());
+    let steal = cpu_at_start.zip(read_cpu_steal()).and_then(|(b, a)| swarm_stats::steal_share(b, a));
+    checks.insert("cpu_steal".into(), json!(steal));
     checks.insert("shaper_queue_drops".into(), json!(shaper_drops));
     if let Some(drops) = &upload_drops {
         let uploads: Vec<u64> = std::iter::once(plan.publisher.upload_kbps)

@@ -490,6 +490,29 @@ fn leaf_queue_drops(tc_stats: &str) -> impl Iterator<Item = LeafDrops<'_>> {
     })
 }
 
+/// Stolen and total CPU time of the whole machine, in clock ticks, from `/proc/stat`'s
+/// first line (`cpu user nice system idle iowait irq softirq steal …`; proc(5)).
+pub fn cpu_steal_and_total(proc_stat: &str) -> Option<(u64, u64)> {
+    let line = proc_stat.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    // guest and guest_nice are already inside user and nice: the first eight are the total.
+    let ticks: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let steal = *ticks.get(7)?;
+    Some((steal, ticks.iter().sum()))
+}
+
+/// Share of the machine's CPU time the hypervisor gave to others between two readings
+/// of [`cpu_steal_and_total`]: on a shared VM, the runs where it is high are the ones
+/// whose lag and stalls say more about the host than about rill.
+pub fn steal_share(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.1.checked_sub(before.1).filter(|&t| t > 0)?;
+    let steal = after.0.checked_sub(before.0)?;
+    Some(round(steal as f64 / total as f64, 4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,5 +791,23 @@ mod tests {
         assert!(matches!(check_ts(&bad, false, None), OutputCheck::Invalid(_)));
         assert!(matches!(check_ts(&bad, false, Some(&ts)), OutputCheck::Invalid(_)));
         assert!(matches!(check_ts(&ts[..188], false, Some(&ts)), OutputCheck::Invalid(_)));
+    }
+
+    #[test]
+    fn cpu_steal_comes_from_the_first_line_of_proc_stat() {
+        let before = "cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n";
+        let after = "cpu  200 0 100 1500 20 0 10 170 7 0\n";
+        let b = cpu_steal_and_total(before).unwrap();
+        assert_eq!(b, (35, 1000));
+        let a = cpu_steal_and_total(after).unwrap();
+        assert_eq!(a, (170, 2000));
+        assert_eq!(steal_share(b, a), Some(0.135));
+        // Malformed, truncated or backwards: no figure rather than a wrong one.
+        assert_eq!(cpu_steal_and_total(""), None);
+        assert_eq!(cpu_steal_and_total("cpu 1 2 3"), None);
+        assert_eq!(cpu_steal_and_total("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(cpu_steal_and_total("cpu 1 2 x 4 5 6 7 8"), None);
+        assert_eq!(steal_share(a, b), None);
+        assert_eq!(steal_share(a, a), None);
     }
 }
