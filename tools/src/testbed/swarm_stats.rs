@@ -328,6 +328,10 @@ pub fn over_runs(runs: &[(u64, Value)]) -> Value {
     let first_byte_max = each("/startup_ms/first_byte/max");
     let continuity = each("/continuity_index");
     let lag_above = each("/targets/arrival_lag_p99_above_max_path_ms/value");
+    // How much the machine disturbed each run (see `checks.forwarder_timeliness` and
+    // `checks.cpu_steal`): a bad run beside a high figure here is the host's doing.
+    let forwarder_late = each("/checks/forwarder_timeliness/late_over_1ms");
+    let steal = each("/checks/cpu_steal");
     let mut met: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, f) in runs {
         for (name, t) in f.get("targets").and_then(Value::as_object).into_iter().flatten() {
@@ -352,6 +356,8 @@ pub fn over_runs(runs: &[(u64, Value)]) -> Value {
         "startup_first_byte_max_ms": { "max": extreme(&first_byte_max, true), "per_run": first_byte_max },
         "continuity_index": { "min": extreme(&continuity, false), "per_run": continuity },
         "arrival_lag_p99_above_max_path_ms": { "max": extreme(&lag_above, true), "per_run": lag_above },
+        "forwarder_late_over_1ms": { "max": extreme(&forwarder_late, true), "per_run": forwarder_late },
+        "cpu_steal": { "max": extreme(&steal, true), "per_run": steal },
         "runs_meeting_target": met,
         "runs_failed_checks": failed,
     })
@@ -624,7 +630,8 @@ mod tests {
                 "startup_ms": {"first_byte": {"p50": 800.0, "max": max}}, "continuity_index": cont,
                 "targets": {"startup_first_byte_max_ms": {"value": max, "limit": 1000, "met": met},
                     "arrival_lag_p99_above_max_path_ms": {"value": max / 4.0, "limit": 500, "met": true}},
-                "checks": {"failures": failures}})
+                "checks": {"failures": failures, "cpu_steal": max / 10_000.0,
+                    "forwarder_timeliness": {"late_over_1ms": lost as f64 / 1000.0}}})
         };
         let runs = [
             (3, run(0, 2, 815.0, 1.0, true, json!([]))),
@@ -645,6 +652,8 @@ mod tests {
         assert_eq!(t["runs_meeting_target"]["startup_first_byte_max_ms"], 1);
         assert_eq!(t["runs_meeting_target"]["arrival_lag_p99_above_max_path_ms"], 3);
         assert_eq!(t["runs_failed_checks"], 1);
+        assert_eq!(t["cpu_steal"]["max"], 0.17);
+        assert_eq!(t["forwarder_late_over_1ms"]["per_run"], json!([0.002, 0.03, 0.005]));
         // A run without figures (it failed before any) counts as failed, not as a zero.
         let t = over_runs(&[(1, json!({}))]);
         assert_eq!(t["runs_failed_checks"], 1);
