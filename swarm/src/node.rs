@@ -2017,6 +2017,17 @@ impl Node {
             if holders.is_empty() {
                 continue;
             }
+            // Prefer a holder that advertises free child slots: its children leave upload
+            // unused, which is what it serves pulls from (`serve_budget_per_tick`); a
+            // full one serves them behind its children's live chunks, or declines.
+            let idle: Vec<NodeId> = holders
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.mesh.get(id).is_some_and(|m| m.have.spare_home > 0 || m.have.spare_lend > 0)
+                })
+                .collect();
+            let holders = if idle.is_empty() { holders } else { idle };
             let peer = holders[self.rng.next_u32() as usize % holders.len()];
             let list = by_peer.entry(peer).or_default();
             if list.len() < MAX_REQUEST {

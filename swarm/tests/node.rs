@@ -1176,6 +1176,46 @@ fn a_live_chunk_that_beats_the_keyframe_group_does_not_move_the_start_past_it() 
 }
 
 #[test]
+fn pulls_go_to_a_neighbour_with_upload_to_spare() {
+    // Two neighbours hold the gaps. One advertises free child slots (its children leave
+    // upload unused, which is what it serves pulls from); the other is full. Every pull
+    // goes to the first; with neither advertising any, to either.
+    let run = |spare: u8| {
+        let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
+        let (full, idle) = (info(1, 8000, false), info(2, 8000, false));
+        n.handle_message(now, idle.id, Message::Hello { info: idle });
+        let have = |spare_home| Have { latest: 60, recent: u64::MAX, spare_home, spare_lend: 0 };
+        n.handle_message(now, full.id, Message::Have(have(0)));
+        n.handle_message(now, idle.id, Message::Have(have(spare)));
+        assert!(n.mesh_peers().contains(&idle.id) && n.mesh_peers().contains(&full.id));
+        for stripe in 0..STRIPES {
+            n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 40 });
+        }
+        let gaps = [41, 43, 46, 47, 49, 50];
+        let held: Vec<u64> = (40..60).filter(|s| !gaps.contains(s)).collect();
+        hand_chunks(&mut n, now, &key, publisher.id, &held, &[40]);
+        let mut to: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut t = now;
+        while t < now + Duration::from_millis(1000) {
+            if n.poll_timeout().is_some_and(|at| at <= t) {
+                n.handle_timeout(t);
+            }
+            while let Some(tx) = n.poll_transmit() {
+                if let Message::Request { seqs, .. } = tx.message {
+                    *to.entry(tx.to.id).or_default() += seqs.len();
+                }
+            }
+            t += Duration::from_millis(5);
+        }
+        (to.get(&idle.id).copied().unwrap_or(0), to.get(&full.id).copied().unwrap_or(0))
+    };
+    let (idle, full) = run(2);
+    assert!(idle >= 6 && full == 0, "to the idle one {idle}, to the full one {full}");
+    let (idle, full) = run(0);
+    assert!(idle > 0 && full > 0, "to either: {idle} and {full}");
+}
+
+#[test]
 fn a_node_over_its_pull_budget_declines_the_rest_at_once() {
     // What is over the budget (here the per-neighbour cap), or not held, is declined in one
     // message, so the requester asks elsewhere at once.
