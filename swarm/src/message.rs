@@ -57,6 +57,14 @@ pub struct Have {
     pub spare_lend: u8,
 }
 
+impl Have {
+    /// The sender has a free child slot of either kind: its children leave some of its
+    /// upload unused.
+    pub fn has_free_slots(&self) -> bool {
+        self.spare_home > 0 || self.spare_lend > 0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// First words to a bootstrap or newly learned peer: who I am. Answered with `Peers`.

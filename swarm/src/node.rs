@@ -21,7 +21,8 @@
 //!   neighbours exchanging availability summaries (`Have`), and a bounded passive view fed by
 //!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours,
 //!   within what each server's upload leaves beside its children's stripes (at least a
-//!   fixed share); what a server will not send it declines at
+//!   fixed share), first from those that advertise free child slots (upload to spare);
+//!   what a server will not send it declines at
 //!   once (`Message::Declined`), and the chunk is asked of another holder. What
 //!   a node got as repair (a pull, a fast-join group, a resume) it passes on to its
 //!   children as repair too, behind their live chunks.
@@ -872,7 +873,7 @@ impl Node {
                         }
                         self.first_named.push_back((have.latest, now));
                     }
-                    if have.spare_home > 0 || have.spare_lend > 0 {
+                    if have.has_free_slots() {
                         for s in 0..self.k() {
                             self.find_parent(now, s);
                         }
@@ -2020,14 +2021,10 @@ impl Node {
             // Prefer a holder that advertises free child slots: its children leave upload
             // unused, which is what it serves pulls from (`serve_budget_per_tick`); a
             // full one serves them behind its children's live chunks, or declines.
-            let idle: Vec<NodeId> = holders
-                .iter()
-                .copied()
-                .filter(|id| {
-                    self.mesh.get(id).is_some_and(|m| m.have.spare_home > 0 || m.have.spare_lend > 0)
-                })
-                .collect();
-            let holders = if idle.is_empty() { holders } else { idle };
+            let has_free_slots = |id: &NodeId| self.mesh.get(id).is_some_and(|m| m.have.has_free_slots());
+            if holders.iter().any(has_free_slots) {
+                holders.retain(has_free_slots);
+            }
             let peer = holders[self.rng.next_u32() as usize % holders.len()];
             let list = by_peer.entry(peer).or_default();
             if list.len() < MAX_REQUEST {

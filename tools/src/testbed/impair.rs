@@ -28,6 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::netns::LinkSpec;
+use crate::table::round;
 
 /// Packets held at once. At 1 Gbit/s of 1500-byte packets with 500 ms of delay that is
 /// ~42,000 packets; beyond the bound packets are dropped and counted.
@@ -273,19 +274,16 @@ impl Timeliness {
     /// For reports: the real-time flag, packets forwarded, the fractions released more
     /// than 1 ms and 5 ms late, and the latest, ms.
     pub fn figures(&self) -> serde_json::Value {
-        let frac = |n: u64| if self.forwarded == 0 { 0.0 } else { round4(n as f64 / self.forwarded as f64) };
+        let frac =
+            |n: u64| if self.forwarded == 0 { 0.0 } else { round(n as f64 / self.forwarded as f64, 4) };
         serde_json::json!({
             "realtime": self.realtime,
             "packets": self.forwarded,
             "late_over_1ms": frac(self.late_over_1ms),
             "late_over_5ms": frac(self.late_over_5ms),
-            "late_max_ms": (self.late_max_us as f64 / 100.0).round() / 10.0,
+            "late_max_ms": round(self.late_max_us as f64 / 1000.0, 1),
         })
     }
-}
-
-fn round4(x: f64) -> f64 {
-    (x * 10_000.0).round() / 10_000.0
 }
 
 /// `SCHED_FIFO` priority of the forwarder thread. The forwarder is the network: a packet

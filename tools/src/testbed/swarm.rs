@@ -406,12 +406,12 @@ impl Run<'_> {
     }
 }
 
-/// Waits for `rill publish --link-file` to write the link (a whole line).
 /// The machine's stolen and total CPU ticks now (see [`swarm_stats::steal_share`]).
 fn read_cpu_steal() -> Option<(u64, u64)> {
     swarm_stats::cpu_steal_and_total(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
+/// Waits for `rill publish --link-file` to write the link (a whole line).
 fn wait_for_link(run: &mut Run<'_>, path: &Path) -> Result<String> {
     let end = Instant::now() + LINK_TIMEOUT;
     while Instant::now() < end {
