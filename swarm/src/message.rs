@@ -8,7 +8,8 @@
 //!   0x04 Accept       stripe:u8 sends_from:v
 //!   0x05 Redirect     stripe:u8 keyframe:v count:v peer*count  count ≤ MAX_PEERS_PER_MESSAGE
 //!   0x06 Unsubscribe  stripe:u8
-//!   0x07 Have         latest:v recent:u64 BE spare_home:u8 spare_lend:u8
+//!   0x07 Have         latest:v recent:u64 BE spare_home:u8 spare_lend:u8 home_depth:u8
+//!                     home_leaves:u8
 //!   0x08 Request      count:v seq:v*count                      count ≤ MAX_REQUEST
 //!   0x09 Chunk        hops:u8 chunk                            (layout in `chunk`)
 //!   0x0a Leave
@@ -55,6 +56,13 @@ pub struct Have {
     pub spare_home: u8,
     /// Slots the sender lends to leaves of its other stripes.
     pub spare_lend: u8,
+    /// The sender's depth in its home stripe's tree: overlay hops of the live chunks its
+    /// parent there sends it (1 under the publisher). 0 when it does not know it, or it
+    /// changed lately: a node deeper in that tree may move under the sender.
+    pub home_depth: u8,
+    /// Leaves among the sender's children in its home stripe: a full sender gives a leaf's
+    /// slot to a node that forwards the stripe (SplitStream's push-down).
+    pub home_leaves: u8,
 }
 
 impl Have {
@@ -207,7 +215,7 @@ impl Message {
             Message::Redirect { keyframe, candidates, .. } => {
                 1 + varint_len(*keyframe) + peers_len(candidates)
             }
-            Message::Have(have) => varint_len(have.latest) + 10,
+            Message::Have(have) => varint_len(have.latest) + 12,
             Message::Request { seqs } | Message::Declined { seqs } => seqs_len(seqs),
             Message::Chunk { chunk, .. } => 1 + chunk.encoded_len(),
             Message::Leave => 0,
@@ -251,7 +259,7 @@ impl Message {
                 out.push(TYPE_HAVE);
                 put_varint(out, have.latest);
                 out.extend_from_slice(&have.recent.to_be_bytes());
-                out.extend_from_slice(&[have.spare_home, have.spare_lend]);
+                out.extend_from_slice(&[have.spare_home, have.spare_lend, have.home_depth, have.home_leaves]);
             }
             Message::Request { seqs } => {
                 out.push(TYPE_REQUEST);
@@ -312,7 +320,8 @@ fn decode_with<'a>(buf: &'a [u8], payload: impl FnOnce(&'a [u8]) -> Bytes) -> Re
             let latest = read_varint(&mut r)?;
             let recent = u64::from_be_bytes(read_array(&mut r)?);
             let (spare_home, spare_lend) = (read_u8(&mut r)?, read_u8(&mut r)?);
-            Message::Have(Have { latest, recent, spare_home, spare_lend })
+            let (home_depth, home_leaves) = (read_u8(&mut r)?, read_u8(&mut r)?);
+            Message::Have(Have { latest, recent, spare_home, spare_lend, home_depth, home_leaves })
         }
         TYPE_REQUEST => Message::Request { seqs: read_seqs(&mut r)? },
         TYPE_DECLINED => Message::Declined { seqs: read_seqs(&mut r)? },
@@ -481,7 +490,14 @@ mod tests {
             Message::Redirect { stripe: 2, keyframe: 0, candidates: vec![peer(4), peer(5)] },
             Message::Redirect { stripe: 1, keyframe: 1_000_000, candidates: vec![] },
             Message::Unsubscribe { stripe: 255 },
-            Message::Have(Have { latest: 1_000_000, recent: u64::MAX, spare_home: 3, spare_lend: 0 }),
+            Message::Have(Have {
+                latest: 1_000_000,
+                recent: u64::MAX,
+                spare_home: 3,
+                spare_lend: 0,
+                home_depth: 0,
+                home_leaves: 0,
+            }),
             Message::Request { seqs: (0..MAX_REQUEST as u64).map(|i| i << 20).collect() },
             Message::Chunk { hops: 3, chunk: chunk(100) },
             Message::Leave,
@@ -517,9 +533,15 @@ mod tests {
         expected.extend_from_slice(&[0x01, 0xbb, 0x40, 100, 1]);
         assert_eq!(encode(&Message::Hello { info: v6 }), expected);
 
-        let have =
-            Message::Have(Have { latest: 63, recent: 0x8000_0000_0000_0001, spare_home: 2, spare_lend: 5 });
-        assert_eq!(encode(&have), [TYPE_HAVE, 63, 0x80, 0, 0, 0, 0, 0, 0, 1, 2, 5]);
+        let have = Message::Have(Have {
+            latest: 63,
+            recent: 0x8000_0000_0000_0001,
+            spare_home: 2,
+            spare_lend: 5,
+            home_depth: 7,
+            home_leaves: 3,
+        });
+        assert_eq!(encode(&have), [TYPE_HAVE, 63, 0x80, 0, 0, 0, 0, 0, 0, 1, 2, 5, 7, 3]);
         let request = Message::Request { seqs: vec![1, 64, 1 << 30] };
         assert_eq!(encode(&request), [TYPE_REQUEST, 3, 1, 0x40, 64, 0xc0, 0, 0, 0, 0x40, 0, 0, 0]);
         assert_eq!(encode(&Message::Leave), [TYPE_LEAVE]);
@@ -711,9 +733,9 @@ mod tests {
                 Message::Redirect { stripe, keyframe, candidates }
             }),
             any::<u8>().prop_map(|stripe| Message::Unsubscribe { stripe }),
-            (seq.clone(), any::<u64>(), any::<u8>(), any::<u8>()).prop_map(
-                |(latest, recent, spare_home, spare_lend)| {
-                    Message::Have(Have { latest, recent, spare_home, spare_lend })
+            (seq.clone(), any::<u64>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(
+                |(latest, recent, spare_home, spare_lend, home_depth, home_leaves)| {
+                    Message::Have(Have { latest, recent, spare_home, spare_lend, home_depth, home_leaves })
                 }
             ),
             prop::collection::vec(seq.clone(), 0..=MAX_REQUEST).prop_map(|seqs| Message::Request { seqs }),

@@ -17,6 +17,12 @@
 //!   its weakest child and redirects that child below the newcomer (mTreebone's
 //!   capacity-ordered core, Wang et al., INFOCOM 2007): strong nodes end up near the
 //!   root, and trees stay shallow.
+//! - **Moving up**: trees grow where slots happened to be free when nodes joined, so a
+//!   node settles deeper than it need be. Each node advertises its depth in its home
+//!   stripe (hops of its parent's chunks) in its `Have`, once it has held for a while; a
+//!   node that sees a mesh neighbour of that stripe higher up with a free slot moves
+//!   under it, subtree and all, and a node with children may also take a leaf's place
+//!   there (the push-down above). The old parent feeds it until the new one accepts.
 //! - **Mesh** (HyParView-like, Leitão et al., DSN 2007): a bounded active view of mesh
 //!   neighbours exchanging availability summaries (`Have`), and a bounded passive view fed by
 //!   peer exchange. Chunks the tree did not bring in time are pulled from neighbours,
@@ -159,6 +165,8 @@ pub struct NodeStats {
     pub orphan_ms: u64,
     /// Children dropped because they went silent (see `CHILD_SILENCE`).
     pub children_dropped_silent: u64,
+    /// Parents changed for a shallower one (see `Node::move_up`).
+    pub tree_moves: u64,
 }
 
 /// Verifies chunk signatures. The default verifies every chunk with Ed25519; a simulator
@@ -368,6 +376,23 @@ const GROUP_BACKLOG_LIMIT: Duration = Duration::from_millis(300);
 /// at least this many times larger (hysteresis against churning the tree).
 const PREEMPT_FACTOR: u32 = 2;
 
+/// Hops a move to a shallower parent's free slot must save (see [`Node::move_up`]); one
+/// more to take a leaf's place, since the leaf goes a level down. `rill sim` on the
+/// issue's scenario cut to 15 s: the steady seconds' `arrival_lag_ms` p99 615 ms without
+/// moves, 563 with a gain of 2 for free slots, 540 with 1, 525 with 1 and leaves' places
+/// taken at 2.
+const MOVE_MIN_GAIN: u8 = 1;
+
+/// A depth counts (we advertise ours, and move on it) once it has held this long. Depths
+/// read from chunks, and summaries come every few ticks: a node that just re-parented
+/// into our subtree could still report its old, shallower depth, and moving under it
+/// would close a cycle. Two seconds outlast a summary's age plus a chunk's way down a
+/// deep subtree (`rill sim`: ~60 ms a hop, at most 14 hops).
+const DEPTH_SETTLE: Duration = Duration::from_secs(2);
+
+/// How long after asking to move up in a stripe we ask again, accepted or not.
+const MOVE_RETRY: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy)]
 struct Parent {
     id: NodeId,
@@ -384,6 +409,10 @@ struct Parent {
     /// The first of the stripe's chunks the parent sends us (its `Accept`): the stripe's
     /// chunks below it will not come down the tree.
     sends_from: u64,
+    /// Our depth under this parent: overlay hops of the live chunks it sends us (0 before
+    /// the first), and since when it has been that.
+    depth: u8,
+    depth_since: Instant,
 }
 
 impl StripeState {
@@ -400,6 +429,11 @@ struct StripeState {
     parent: Option<Parent>,
     /// Subscribe sent, no answer yet: (to, when).
     pending: Option<(NodeId, Instant)>,
+    /// The pending subscribe is a move to a shallower parent (see [`Node::move_up`]): we
+    /// keep our parent unless it accepts.
+    moving: bool,
+    /// When we last asked to move up in this stripe.
+    move_asked: Option<Instant>,
     candidates: VecDeque<NodeId>,
     children: BTreeSet<NodeId>,
     /// The first seq each child wants from us: where its fast-join group or resume
@@ -919,7 +953,7 @@ impl Node {
             }
             // Our summary at once, not at the next round: a newcomer looks for free slots
             // in it before walking the trees.
-            let have = self.have();
+            let have = self.have(now);
             self.send(from, Message::Have(have), Class::Control);
         } else {
             self.add_passive(from);
@@ -1289,6 +1323,10 @@ impl Node {
             }
             let mark = self.buffer.keys().next_back().copied();
             let st = &mut self.stripes[stripe];
+            if st.moving {
+                self.stats.tree_moves += 1;
+            }
+            st.moving = false;
             st.parent = Some(Parent {
                 id: from,
                 since: now,
@@ -1297,6 +1335,8 @@ impl Node {
                 have: None,
                 upstream: None,
                 sends_from,
+                depth: 0,
+                depth_since: now,
             });
             st.candidates.clear();
             st.tried.clear();
@@ -1340,6 +1380,12 @@ impl Node {
         if !was_parent && !was_pending {
             return;
         }
+        if was_pending && st.moving && st.parent.is_some() {
+            // The shallower parent filled up: stay where we are (no walk from there).
+            st.pending = None;
+            st.moving = false;
+            return;
+        }
         self.keyframe_heard = self.keyframe_heard.max(keyframe);
         if was_parent {
             st.parent = None;
@@ -1347,6 +1393,7 @@ impl Node {
         }
         let st = &mut self.stripes[stripe];
         st.pending = None;
+        st.moving = false;
         st.note_tried(from);
         // Redirect candidates go first, in the order given.
         for c in candidates.iter().rev() {
@@ -1494,6 +1541,12 @@ impl Node {
         // former parent's, or an older chunk filling a gap: a fast-join group, a resume)
         // is repair, and goes on to our children as such (see below).
         let live = from_parent && self.stripes[stripe].latest.is_none_or(|l| chunk.seq > l);
+        if let Some(p) = self.stripes[stripe].parent.as_mut().filter(|_| live) {
+            if p.depth != hops {
+                p.depth = hops;
+                p.depth_since = now;
+            }
+        }
         self.stats.useful_payload_bytes += len;
         self.pulls.remove(&chunk.seq);
         match self.first_needed {
@@ -1793,6 +1846,7 @@ impl Node {
                 if now.saturating_duration_since(at) >= self.subscribe_timeout() {
                     tracing::trace!(stripe = s, to = %p, "subscribe unanswered");
                     self.stripes[s].pending = None;
+                    self.stripes[s].moving = false;
                     self.stripes[s].note_tried(p);
                 }
             }
@@ -1821,6 +1875,85 @@ impl Node {
                 }
             }
             self.find_parent(now, s);
+        }
+    }
+
+    /// Our depth in `stripe`'s tree once it has held for [`DEPTH_SETTLE`] (see there).
+    fn settled_depth(&self, now: Instant, stripe: usize) -> Option<u8> {
+        let p = self.stripes.get(stripe)?.parent?;
+        (p.depth > 0 && now.saturating_duration_since(p.depth_since) >= DEPTH_SETTLE).then_some(p.depth)
+    }
+
+    /// Tree optimisation toward fewer hops: move under a mesh neighbour that sits at least
+    /// [`MOVE_MIN_GAIN`] hops higher in the stripe's tree and advertises a free slot
+    /// there, and take our subtree along. A tree grows where slots happened to be free
+    /// when nodes joined (a mesh neighbour's, the first on a walk), and trees fill from
+    /// the top, so the slots freed later by leaving or moving nodes sit higher than many
+    /// of the nodes that found none there. Each hop costs a chunk the parent's queue and
+    /// a path delay (`rill sim scenarios/issue-10k.toml`: ~55 ms a hop at the median,
+    /// and the deepest nodes make the p99). A node deeper in the tree than the neighbour
+    /// never reads as shallower (see [`DEPTH_SETTLE`]), so a move cannot close a cycle;
+    /// the old parent keeps sending until the new one accepts, and a refusal leaves
+    /// everything as it was.
+    fn move_up(&mut self, now: Instant) {
+        if self.role != Role::Viewer {
+            return;
+        }
+        for s in 0..self.k() {
+            let st = &self.stripes[s];
+            let Some(parent) = st.parent else { continue };
+            if st.pending.is_some()
+                || st.move_asked.is_some_and(|at| now.saturating_duration_since(at) < MOVE_RETRY)
+            {
+                continue;
+            }
+            let Some(depth) = self.settled_depth(now, s) else { continue };
+            // A node that forwards the stripe to children may also take a leaf's place
+            // under a full neighbour (see `on_subscribe`): the leaf goes a level down, our
+            // subtree comes up, so it must come up by more.
+            let forwards = self.interior_in(s) && !st.children.is_empty();
+            let mut best: Vec<NodeId> = Vec::new();
+            let mut best_depth = u8::MAX;
+            for (id, m) in &self.mesh {
+                let d = m.have.home_depth;
+                let gain = |hops: u8| d > 0 && u16::from(d) + 1 + u16::from(hops) <= u16::from(depth);
+                let room = (m.have.spare_home > 0 && gain(MOVE_MIN_GAIN))
+                    || (forwards && m.have.home_leaves > 0 && gain(MOVE_MIN_GAIN + 1));
+                if !room
+                    || *id == parent.id
+                    || Node::home_stripe(id, self.config.stripes) != s
+                    || !heard_lately(now, m.heard)
+                    || self.is_silent(now, id)
+                    || st.children.contains(id)
+                {
+                    continue;
+                }
+                if d < best_depth {
+                    best.clear();
+                    best_depth = d;
+                }
+                if d == best_depth {
+                    best.push(*id);
+                }
+            }
+            if best.is_empty() {
+                continue;
+            }
+            let pick = best[self.rng.next_u32() as usize % best.len()];
+            if let Some(m) = self.mesh.get_mut(&pick) {
+                // Assume we take the slot until its next summary says otherwise.
+                if m.have.spare_home > 0 {
+                    m.have.spare_home -= 1;
+                } else {
+                    m.have.home_leaves -= 1;
+                }
+            }
+            tracing::trace!(stripe = s, to = %pick, depth, to_depth = best_depth, "move up");
+            let st = &mut self.stripes[s];
+            st.pending = Some((pick, now));
+            st.moving = true;
+            st.move_asked = Some(now);
+            self.subscribe(pick, s);
         }
     }
 
@@ -1879,10 +2012,22 @@ impl Node {
         (free_home.min(u8::MAX as usize) as u8, lend.min(u8::MAX as usize) as u8)
     }
 
-    fn have(&self) -> Have {
+    fn have(&self, now: Instant) -> Have {
         let (spare_home, spare_lend) = self.spare_slots();
+        let home = Node::home_stripe(&self.me.id, self.config.stripes);
+        let home_depth = self.settled_depth(now, home).unwrap_or(0);
+        // Only a viewer's: a root takes no mover (it advertises no depth either).
+        let leaves = match self.role {
+            Role::Viewer => self.stripes[home]
+                .children
+                .iter()
+                .filter(|c| !self.is_interior_peer(&self.info_of(**c), home))
+                .count(),
+            Role::Publisher | Role::Relay => 0,
+        };
+        let home_leaves = leaves.min(u8::MAX as usize) as u8;
         let Some(&latest) = self.buffer.keys().next_back() else {
-            return Have { spare_home, spare_lend, ..Have::default() };
+            return Have { spare_home, spare_lend, home_depth, home_leaves, ..Have::default() };
         };
         let mut recent = 0u64;
         for (&seq, _) in self.buffer.range(latest.saturating_sub(HAVE_WINDOW)..latest) {
@@ -1891,7 +2036,7 @@ impl Node {
                 recent |= 1 << i;
             }
         }
-        Have { latest, recent, spare_home, spare_lend }
+        Have { latest, recent, spare_home, spare_lend, home_depth, home_leaves }
     }
 
     fn peer_has(have: &Have, seq: u64) -> bool {
@@ -2057,6 +2202,7 @@ impl Node {
             self.stats.orphan_ms += orphans * TICK.as_millis() as u64;
         }
         self.check_parents(now);
+        self.move_up(now);
         self.check_children(now);
         self.maintain_mesh(now);
         self.repair(now);
@@ -2064,7 +2210,7 @@ impl Node {
             // To mesh neighbours, who pull by them, to parents, who take them as a sign of
             // life (see `check_children`), and to children, who tell by them a parent that
             // lost its own feed from a dead one (see `STARVING_PATIENCE`).
-            let have = self.have();
+            let have = self.have(now);
             let mut to: BTreeSet<NodeId> = self.mesh.keys().copied().collect();
             to.extend(self.stripes.iter().filter_map(|s| s.parent.map(|p| p.id)));
             to.extend(self.stripes.iter().flat_map(|s| s.children.iter().copied()));

@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use rill_swarm::chunk::{ChannelId, ChannelKey, Chunk, Ed25519Verifier};
 use rill_swarm::message::{Have, Message, PeerInfo};
-use rill_swarm::node::{Node, NodeConfig, NodeEvent, Role};
+use rill_swarm::node::{Node, NodeConfig, NodeEvent, Role, Transmit};
 use rill_swarm::NodeId;
 use rill_transport::endpoint::Class;
 
@@ -566,7 +566,7 @@ fn a_neighbour_further_ahead_is_pulled_from_only_when_the_tree_falls_far_behind(
     // The neighbour names sixteen chunks (four stripe periods, 800 ms) beyond the newest
     // published, as a tree that far behind would see it, and keeps naming them (its real
     // summaries would take them back).
-    let ahead = Have { latest: s.next_seq + 16, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    let ahead = Have { latest: s.next_seq + 16, recent: u64::MAX, ..Have::default() };
     let first_unpublished = s.next_seq;
     let mut pulls_by_ms = Vec::new();
     for _ in 0..9 {
@@ -1069,7 +1069,7 @@ fn newcomer_with_a_neighbour() -> (Node, Instant, ChannelKey, PeerInfo) {
     }
     assert_eq!(asked.len(), STRIPES as usize, "a newcomer asks the publisher for every stripe");
     n.handle_message(now, neighbour.id, Message::Hello { info: neighbour });
-    let have = Have { latest: 60, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    let have = Have { latest: 60, recent: u64::MAX, ..Have::default() };
     n.handle_message(now, neighbour.id, Message::Have(have));
     (n, now, key, publisher)
 }
@@ -1150,7 +1150,7 @@ fn a_live_chunk_that_beats_the_keyframe_group_does_not_move_the_start_past_it() 
     // the start, and a gap in it (103) is pulled like any other.
     let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
     let neighbour = info(1, 8000, false);
-    let have = Have { latest: 120, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    let have = Have { latest: 120, recent: u64::MAX, ..Have::default() };
     n.handle_message(now, neighbour.id, Message::Have(have));
     for stripe in 0..STRIPES {
         n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 100 });
@@ -1184,7 +1184,7 @@ fn pulls_go_to_a_neighbour_with_upload_to_spare() {
         let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
         let (full, idle) = (info(1, 8000, false), info(2, 8000, false));
         n.handle_message(now, idle.id, Message::Hello { info: idle });
-        let have = |spare_home| Have { latest: 60, recent: u64::MAX, spare_home, spare_lend: 0 };
+        let have = |spare_home| Have { latest: 60, recent: u64::MAX, spare_home, ..Have::default() };
         n.handle_message(now, full.id, Message::Have(have(0)));
         n.handle_message(now, idle.id, Message::Have(have(spare)));
         assert!(n.mesh_peers().contains(&idle.id) && n.mesh_peers().contains(&full.id));
@@ -1299,7 +1299,7 @@ fn a_declined_pull_goes_to_another_holder_at_once() {
     let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
     let second = info(2, 8000, false);
     n.handle_message(now, second.id, Message::Hello { info: second });
-    let have = Have { latest: 60, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    let have = Have { latest: 60, recent: u64::MAX, ..Have::default() };
     n.handle_message(now, second.id, Message::Have(have));
     for stripe in 0..STRIPES {
         let sends_from = if stripe == 1 { 52 } else { 40 };
@@ -1345,7 +1345,7 @@ fn a_declined_pull_goes_to_another_holder_at_once() {
 fn first_pulls_with_held_back(end: u64, held_back: &[u64]) -> BTreeMap<u64, Duration> {
     let (mut n, now, key, publisher) = newcomer_with_a_neighbour();
     let neighbour = info(1, 8000, false);
-    let have = Have { latest: end - 1, recent: u64::MAX, spare_home: 0, spare_lend: 0 };
+    let have = Have { latest: end - 1, recent: u64::MAX, ..Have::default() };
     n.handle_message(now, neighbour.id, Message::Have(have));
     for stripe in 0..STRIPES {
         n.handle_message(now, publisher.id, Message::Accept { stripe, sends_from: 40 });
@@ -1400,4 +1400,235 @@ fn a_node_knows_when_its_tree_search_ended() {
     n.handle_message(last + Duration::from_millis(10), publisher.id, Message::Unsubscribe { stripe: 1 });
     assert_eq!(n.parents()[1], None);
     assert_eq!(n.tree_joined_at(), Some(last));
+}
+
+/// A viewer (upload 6,000 kbit/s) fed chunks `hops` deep by its parents, played by the
+/// test: one node in every stripe at first.
+struct Deep {
+    n: Node,
+    now: Instant,
+    start: Instant,
+    key: ChannelKey,
+    /// Its parent in each stripe.
+    parents: Vec<PeerInfo>,
+    next_seq: u64,
+}
+
+impl Deep {
+    /// The viewer after `settle` at `hops`.
+    fn new(hops: u8, settle: Duration) -> Deep {
+        let key = ChannelKey::generate(&mut ChaCha8Rng::seed_from_u64(11));
+        let parent = info(0, 20_000, false);
+        let me = info(50, 6000, false);
+        let now = Instant::now();
+        let verifier = Box::new(Ed25519Verifier);
+        let n = Node::new(config(6000), me, Role::Viewer, key.channel_id(), vec![parent], now, 5, verifier);
+        let mut d = Deep { n, now, start: now, key, parents: vec![parent; STRIPES as usize], next_seq: 0 };
+        let mut asked = BTreeSet::new();
+        while asked.len() < STRIPES as usize {
+            assert!(d.now < now + Duration::from_secs(1), "a newcomer asks the root for every stripe");
+            if d.n.poll_timeout().is_some_and(|t| t <= d.now) {
+                d.n.handle_timeout(d.now);
+            }
+            while let Some(t) = d.n.poll_transmit() {
+                if let Message::Subscribe { stripe, .. } = t.message {
+                    asked.insert(stripe);
+                }
+            }
+            d.now += Duration::from_millis(5);
+        }
+        d.start = d.now;
+        for stripe in 0..STRIPES {
+            d.n.handle_message(d.now, parent.id, Message::Accept { stripe, sends_from: 0 });
+        }
+        assert!(d.n.parents().iter().all(|p| *p == Some(parent.id)));
+        d.run(settle, hops, &[], |_, _| {});
+        d
+    }
+
+    /// Runs for `d`: the parents' chunks, one every 50 ms, `hops` deep, and a summary from
+    /// each of `neighbours` every 300 ms; `seen` gets every transmit.
+    fn run(
+        &mut self,
+        d: Duration,
+        hops: u8,
+        neighbours: &[(PeerInfo, Have)],
+        mut seen: impl FnMut(Instant, &Transmit),
+    ) {
+        let end = self.now + d;
+        let mut next_have = self.now;
+        while self.now < end {
+            if self.now >= next_have {
+                for (p, have) in neighbours {
+                    self.n.handle_message(self.now, p.id, Message::Have(*have));
+                }
+                next_have += Duration::from_millis(300);
+            }
+            while self.start + CHUNK * self.next_seq as u32 <= self.now {
+                let seq = self.next_seq;
+                let keyframe = seq % KEYFRAME_EVERY == 0;
+                let payload = Bytes::from(vec![7u8; 1000]);
+                let chunk =
+                    Chunk::sign(&self.key, seq, seq * 50_000 + 1, keyframe, STRIPES, payload).unwrap();
+                let from = self.parents[(seq % u64::from(STRIPES)) as usize].id;
+                self.n.handle_message(self.now, from, Message::Chunk { hops, chunk });
+                self.next_seq += 1;
+            }
+            if self.n.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.n.handle_timeout(self.now);
+            }
+            while let Some(t) = self.n.poll_transmit() {
+                seen(self.now, &t);
+            }
+            self.now += Duration::from_millis(5);
+        }
+    }
+
+    /// Whom it asked to be its parent in `stripe` during `d`, and whether it left its
+    /// parent there. No other stripe may see a subscribe.
+    fn asks(
+        &mut self,
+        d: Duration,
+        hops: u8,
+        neighbours: &[(PeerInfo, Have)],
+        stripe: u8,
+    ) -> (Vec<NodeId>, bool) {
+        let (mut asked, mut left) = (Vec::new(), false);
+        let parent = self.parents[stripe as usize].id;
+        self.run(d, hops, neighbours, |_, t| match t.message {
+            Message::Subscribe { stripe: s, starting, .. } => {
+                assert_eq!(s, stripe, "asked {:?} in another stripe", t.to.id);
+                assert!(!starting, "a node that holds the stripe does not ask for a start group");
+                asked.push(t.to.id);
+            }
+            Message::Unsubscribe { stripe: s } if s == stripe && t.to.id == parent => left = true,
+            _ => {}
+        });
+        (asked, left)
+    }
+}
+
+/// A node (from 100 on) whose home stripe is `stripe`.
+fn homed_in(stripe: u8, from: u32) -> PeerInfo {
+    (from..)
+        .map(|i| info(i, 8000, false))
+        .find(|p| Node::home_stripe(&p.id, STRIPES) == stripe as usize)
+        .unwrap()
+}
+
+fn summary(spare_home: u8, home_depth: u8, home_leaves: u8) -> Have {
+    Have { spare_home, home_depth, home_leaves, ..Have::default() }
+}
+
+#[test]
+fn a_deep_node_moves_under_a_shallower_neighbour_with_room() {
+    // Six hops deep in every stripe. Among its neighbours homed in stripe 2, one sits two
+    // hops from the root with a free slot (a move saves three hops), one at four (saves
+    // one): it asks the first, and keeps its parent until the move is accepted. The
+    // neighbour homed in stripe 3 is higher still, but has no room.
+    let mut d = Deep::new(6, Duration::from_millis(2500));
+    let (near, far) = (homed_in(2, 100), homed_in(2, 200));
+    let other = homed_in(3, 300);
+    for p in [near, far, other] {
+        d.n.handle_message(d.now, p.id, Message::Hello { info: p });
+    }
+    let neighbours = [(near, summary(1, 2, 0)), (far, summary(1, 4, 0)), (other, summary(0, 1, 0))];
+    // (Within the subscribe timeout: answers here come at once, so it is 150 ms.)
+    let (asked, left) = d.asks(Duration::from_millis(100), 6, &neighbours, 2);
+    assert_eq!(asked, vec![near.id], "to the shallowest neighbour with room, once");
+    let first = d.parents[2];
+    assert!(!left && d.n.parents()[2] == Some(first.id), "the parent is kept while asking");
+    let at = d.now;
+    d.n.handle_message(at, near.id, Message::Accept { stripe: 2, sends_from: d.next_seq });
+    assert_eq!(d.n.parents()[2], Some(near.id));
+    assert_eq!(d.n.stats().tree_moves, 1);
+    let mut left = false;
+    while let Some(t) = d.n.poll_transmit() {
+        left |= t.to.id == first.id && t.message == Message::Unsubscribe { stripe: 2 };
+    }
+    assert!(left, "the old parent is told at once");
+    d.parents[2] = near;
+    // Under `near`, three hops deep, no neighbour saves a hop.
+    let (asked, _) = d.asks(Duration::from_secs(3), 3, &neighbours, 2);
+    assert!(asked.is_empty(), "{asked:?}");
+}
+
+#[test]
+fn a_move_waits_for_a_settled_depth_and_a_refusal_changes_nothing() {
+    // The depth changed 1 s ago: no move yet. Then the neighbour turns the node away; it
+    // keeps its parent and walks nowhere, and asks again only after a while.
+    let mut d = Deep::new(6, Duration::from_millis(1500));
+    let near = homed_in(1, 100);
+    d.n.handle_message(d.now, near.id, Message::Hello { info: near });
+    let neighbours = [(near, summary(2, 1, 0))];
+    let (asked, _) = d.asks(Duration::from_millis(1000), 7, &neighbours, 1);
+    assert!(asked.is_empty(), "moved on a depth of 1 s: {asked:?}");
+    let waited = d.now;
+    while d.asks(Duration::from_millis(5), 7, &neighbours, 1).0.is_empty() {
+        // Asked within a tick or two of the depth holding 2 s.
+        assert!(d.now - waited < Duration::from_millis(1500), "no move once the depth held 2 s");
+    }
+    let full = homed_in(1, 400);
+    d.n.handle_message(d.now, near.id, Message::Redirect { stripe: 1, keyframe: 0, candidates: vec![full] });
+    let (asked, left) = d.asks(Duration::from_millis(1900), 7, &neighbours, 1);
+    assert!(asked.is_empty() && !left, "after a refusal: asked {asked:?}, left the parent: {left}");
+    assert_eq!(d.n.parents()[1], Some(d.parents[1].id));
+    let (asked, _) = d.asks(Duration::from_millis(300), 7, &neighbours, 1);
+    assert_eq!(asked, vec![near.id], "asked again 2 s after the first time");
+}
+
+#[test]
+fn a_forwarding_node_may_take_a_leafs_place_higher_up() {
+    // The neighbour is full but feeds a leaf: a node with children in the stripe may
+    // take its place when that saves two hops or more; a node without children may not,
+    // and a saving of one hop is not enough.
+    let home = Node::home_stripe(&info(50, 6000, false).id, STRIPES) as u8;
+    let run = |with_child: bool, neighbour_depth: u8| {
+        let mut d = Deep::new(6, Duration::from_millis(2500));
+        if with_child {
+            let child = homed_in(home, 500);
+            d.n.handle_message(
+                d.now,
+                child.id,
+                Message::Subscribe { stripe: home, starting: false, from_seq: 0, info: child },
+            );
+            assert!(d.n.children(home as usize).contains(&child.id));
+        }
+        let near = homed_in(home, 100);
+        d.n.handle_message(d.now, near.id, Message::Hello { info: near });
+        let (asked, _) =
+            d.asks(Duration::from_millis(500), 6, &[(near, summary(0, neighbour_depth, 1))], home);
+        asked == vec![near.id]
+    };
+    assert!(run(true, 3), "a forwarding node takes a leaf's place three hops higher");
+    assert!(!run(false, 3), "a node without children does not");
+    assert!(!run(true, 4), "two hops higher is not enough to push a leaf down");
+}
+
+#[test]
+fn a_node_advertises_its_depth_once_it_has_held() {
+    // Its summaries say 0 (unknown) until its depth in its home stripe has held for 2 s,
+    // then the depth; a depth that changes is unknown again for as long.
+    let mut d = Deep::new(5, Duration::ZERO);
+    let start = d.now;
+    let neighbour = homed_in(0, 100);
+    d.n.handle_message(d.now, neighbour.id, Message::Hello { info: neighbour });
+    let mut said: Vec<(Duration, u8)> = Vec::new();
+    let mut note = |now: Instant, t: &Transmit| {
+        if let Message::Have(h) = &t.message {
+            said.push((now - start, h.home_depth));
+        }
+    };
+    d.run(Duration::from_secs(3), 5, &[], &mut note);
+    d.run(Duration::from_secs(3), 4, &[], &mut note);
+    let at = |from: u64, to: u64| -> Vec<u8> {
+        let range = Duration::from_millis(from)..Duration::from_millis(to);
+        said.iter().filter(|(t, _)| range.contains(t)).map(|(_, depth)| *depth).collect()
+    };
+    let (early, late) = (at(0, 1900), at(2200, 3000));
+    assert!(!early.is_empty() && early.iter().all(|&x| x == 0), "{early:?}");
+    assert!(!late.is_empty() && late.iter().all(|&x| x == 5), "{late:?}");
+    let (early, late) = (at(3000, 4900), at(5200, 6000));
+    assert!(!early.is_empty() && early.iter().all(|&x| x == 0), "{early:?}");
+    assert!(!late.is_empty() && late.iter().all(|&x| x == 4), "{late:?}");
 }

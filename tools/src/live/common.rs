@@ -229,6 +229,7 @@ pub fn node_json(now: &NodeSnapshot, before: &NodeSnapshot, interval: Duration) 
     m.insert("chunks_from".into(), Value::Object(from));
     m.insert("forged_chunks".into(), json!(now.swarm.forged_chunks));
     m.insert("reparents".into(), json!(now.swarm.reparents));
+    m.insert("tree_moves".into(), json!(now.swarm.tree_moves));
     m.insert("upload_bps".into(), json!(rate(now.bytes_sent, before.bytes_sent)));
     m.insert("download_bps".into(), json!(rate(now.bytes_received, before.bytes_received)));
     m.insert("bytes_sent".into(), json!(now.bytes_sent));

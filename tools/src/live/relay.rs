@@ -173,6 +173,12 @@ pub fn prometheus_text(s: &NodeSnapshot) -> String {
         s.swarm.duplicate_payload_bytes as f64,
     );
     metric("rill_reparents_total", "counter", "Tree parent changes.", s.swarm.reparents as f64);
+    metric(
+        "rill_tree_moves_total",
+        "counter",
+        "Tree parents changed for a shallower one.",
+        s.swarm.tree_moves as f64,
+    );
     metric("rill_sent_bytes_total", "counter", "UDP payload bytes sent.", s.bytes_sent as f64);
     metric("rill_received_bytes_total", "counter", "UDP payload bytes received.", s.bytes_received as f64);
     metric("rill_sent_datagrams_total", "counter", "UDP datagrams sent.", s.datagrams_sent as f64);

@@ -476,6 +476,7 @@ fn add_stats(sum: &mut NodeStats, s: &NodeStats) {
     sum.duplicate_pull_after_tree_bytes += s.duplicate_pull_after_tree_bytes;
     sum.forged_chunks += s.forged_chunks;
     sum.reparents += s.reparents;
+    sum.tree_moves += s.tree_moves;
     sum.pulls_sent += s.pulls_sent;
     sum.pulls_served += s.pulls_served;
     sum.pulls_declined += s.pulls_declined;

@@ -79,6 +79,7 @@ fn report_has_every_figure() {
         "queue_drops",
         "forged_chunks",
         "reparents",
+        "tree_moves",
         "wall_s",
     ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
