@@ -117,13 +117,54 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// A node's upload queue: Control before Stream before Background, FIFO within a class,
 /// bounded in wire bytes (tail drop). Holds message handles of the simulator.
+///
+/// The classes take turns a packet at a time, as the transport's endpoint sends them (the
+/// most urgent class's next datagram first): a message of a more urgent class that comes
+/// while a less urgent one is being serialized goes out once the packet on the wire has
+/// left, and the rest of the other waits at the head of its class. Serializing whole
+/// messages instead held a live chunk behind up to a whole repair chunk at every hop.
+/// Not modelled: the endpoint's turn for Background (one datagram after every eight of
+/// the other classes while both wait, `BACKGROUND_TURN_EVERY` in transport/src/endpoint.rs),
+/// which makes a live chunk up to an eighth slower to leave while a repair waits.
 #[derive(Debug, Default)]
 pub struct UploadQueue {
     queues: [VecDeque<u32>; 3],
     /// Wire bytes waiting or being sent.
     bytes: u64,
-    /// The message being serialized, with its wire bytes.
-    current: Option<(u32, u64)>,
+    /// An interrupted message at the head of each class's queue: (handle, bytes not sent).
+    partial: [Option<(u32, u64)>; 3],
+    /// The message being serialized.
+    current: Option<Sending>,
+    /// No transmission starts before this: the end of the packet that was on the wire
+    /// when a message was interrupted.
+    free_at: u64,
+    /// Changes at every start and interruption: a completion computed before is void.
+    epoch: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sending {
+    id: u32,
+    class: Class,
+    /// All its wire bytes, and those not sent before this part began.
+    total: u64,
+    left: u64,
+    /// When this part began.
+    since: u64,
+}
+
+/// A message starting (or resuming) on the upload link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    pub id: u32,
+    /// When its next byte leaves.
+    pub at: u64,
+    /// Its wire bytes still to send.
+    pub bytes: u64,
+    /// It had been interrupted: `bytes` is what was left.
+    pub resumed: bool,
+    /// Identifies this part: its completion is void if the queue's epoch has moved on.
+    pub epoch: u32,
 }
 
 impl UploadQueue {
@@ -142,27 +183,74 @@ impl UploadQueue {
         self.current.is_some()
     }
 
-    /// Starts serializing the most urgent waiting message; `bytes_of` gives its size.
-    pub fn start_next(&mut self, bytes_of: impl Fn(u32) -> u64) -> Option<u32> {
+    /// The current part's epoch (see [`Start::epoch`]).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Starts serializing the most urgent waiting message at `now` (or when the packet on
+    /// the wire has left); `bytes_of` gives a message's wire bytes.
+    pub fn start_next(&mut self, now: u64, bytes_of: impl Fn(u32) -> u64) -> Option<Start> {
         debug_assert!(self.current.is_none());
-        let id = self.queues.iter_mut().find_map(|q| q.pop_front())?;
-        self.current = Some((id, bytes_of(id)));
-        Some(id)
+        let (class, id) =
+            self.queues.iter_mut().enumerate().find_map(|(c, q)| q.pop_front().map(|id| (c, id)))?;
+        let total = bytes_of(id);
+        let (left, resumed) = match self.partial[class].take() {
+            Some((p, left)) if p == id => (left, true),
+            other => {
+                self.partial[class] = other;
+                (total, false)
+            }
+        };
+        let at = now.max(self.free_at);
+        self.epoch = self.epoch.wrapping_add(1);
+        let class = Class::ALL[class];
+        self.current = Some(Sending { id, class, total, left, since: at });
+        Some(Start { id, at, bytes: left, resumed, epoch: self.epoch })
+    }
+
+    /// A message of `class` was offered at `now` while the uplink serializes at `kbps`:
+    /// if what is being sent is less urgent and more than its packet on the wire is left,
+    /// it stops there and waits at the head of its class (see the type's docs). `true`
+    /// when it did; then start the next message.
+    pub fn interrupt(&mut self, class: Class, now: u64, kbps: u32) -> bool {
+        let Some(cur) = self.current else { return false };
+        if (cur.class as usize) <= (class as usize) {
+            return false;
+        }
+        // Bytes that have left by now, and the rest of the packet being sent (none while
+        // it waits for the end of a packet before it).
+        let sent = if now < cur.since {
+            0
+        } else {
+            let gone = (u128::from(now - cur.since) * u128::from(kbps) / 8_000_000) as u64;
+            (gone / DATAGRAM_BYTES as u64 + 1) * DATAGRAM_BYTES as u64
+        };
+        if sent >= cur.left {
+            return false;
+        }
+        self.free_at = self.free_at.max(cur.since + serialization_ns(sent, kbps)).max(now);
+        self.partial[cur.class as usize] = Some((cur.id, cur.left - sent));
+        self.queues[cur.class as usize].push_front(cur.id);
+        self.current = None;
+        self.epoch = self.epoch.wrapping_add(1);
+        true
     }
 
     /// The current message has left; returns it.
     pub fn finish(&mut self) -> Option<u32> {
-        let (id, bytes) = self.current.take()?;
-        self.bytes -= bytes;
-        Some(id)
+        let cur = self.current.take()?;
+        self.bytes -= cur.total;
+        Some(cur.id)
     }
 
     /// Forget everything (the node is gone); returns the handles to free.
     pub fn clear(&mut self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self.current.take().map(|(id, _)| id).into_iter().collect();
+        let mut ids: Vec<u32> = self.current.take().map(|c| c.id).into_iter().collect();
         for q in &mut self.queues {
             ids.extend(q.drain(..));
         }
+        self.partial = [None; 3];
         self.bytes = 0;
         ids
     }
@@ -384,7 +472,7 @@ mod tests {
         assert!(q.offer(Class::Stream, 3, 100, cap));
         assert!(q.offer(Class::Control, 4, 100, cap));
         let mut order = Vec::new();
-        while let Some(id) = q.start_next(|_| 100) {
+        while let Some(Start { id, .. }) = q.start_next(0, |_| 100) {
             order.push(id);
             // Something urgent arriving mid-way goes before what waits, after what is sent.
             if id == 4 {
@@ -397,6 +485,72 @@ mod tests {
     }
 
     #[test]
+    fn a_more_urgent_message_goes_after_the_packet_on_the_wire() {
+        // 12,000 bytes of repair at 9,600 kbit/s: 10 ms, a packet every 1 ms.
+        let kbps = 9600;
+        let mut q = UploadQueue::default();
+        let cap = 1 << 20;
+        let bytes = |id: u32| match id {
+            1 => 12_000,
+            4 => 100,
+            _ => 2400,
+        };
+        assert!(q.offer(Class::Background, 1, 12_000, cap));
+        let first = q.start_next(0, bytes).unwrap();
+        assert_eq!((first.id, first.at, first.bytes, first.resumed), (1, 0, 12_000, false));
+        // A live chunk 3.5 ms in: the repair's fourth packet leaves at 4 ms, then the chunk.
+        assert!(q.offer(Class::Stream, 2, 2400, cap));
+        assert!(q.interrupt(Class::Stream, 3_500_000, kbps));
+        assert!(!q.is_busy() && q.epoch() != first.epoch, "the repair's completion is void");
+        let live = q.start_next(3_500_000, bytes).unwrap();
+        assert_eq!((live.id, live.at, live.bytes, live.resumed), (2, 4_000_000, 2400, false));
+        // Something as or less urgent waits its turn.
+        assert!(q.offer(Class::Stream, 3, 2400, cap));
+        assert!(!q.interrupt(Class::Stream, 4_500_000, kbps));
+        assert!(!q.interrupt(Class::Background, 4_500_000, kbps));
+        assert_eq!(q.finish(), Some(2));
+        assert_eq!(q.start_next(6_000_000, bytes).map(|s| s.id), Some(3));
+        assert_eq!(q.finish(), Some(3));
+        // The repair resumes with what it had left: 7,200 bytes (four packets had gone).
+        let rest = q.start_next(8_000_000, bytes).unwrap();
+        assert_eq!((rest.id, rest.at, rest.bytes, rest.resumed), (1, 8_000_000, 7200, true));
+        // In its last packet, it is not interrupted.
+        assert!(q.offer(Class::Control, 4, 100, cap));
+        assert!(!q.interrupt(Class::Control, 8_000_000 + 5_500_000, kbps));
+        assert_eq!(q.finish(), Some(1));
+        assert_eq!(q.start_next(15_000_000, bytes).map(|s| s.id), Some(4));
+        assert_eq!(q.finish(), Some(4));
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn an_interruption_before_a_part_begins_sends_none_of_it() {
+        let kbps = 9600;
+        let mut q = UploadQueue::default();
+        let cap = 1 << 20;
+        let bytes = |id: u32| if id == 1 { 12_000 } else { 1200 };
+        assert!(q.offer(Class::Background, 1, 12_000, cap));
+        q.start_next(0, bytes).unwrap();
+        assert!(q.offer(Class::Stream, 2, 1200, cap));
+        assert!(q.interrupt(Class::Stream, 500_000, kbps)); // free at 1 ms
+        let stream = q.start_next(500_000, bytes).unwrap();
+        assert_eq!(stream.at, 1_000_000);
+        // Control comes before the live chunk's turn: it goes first, at 1 ms still.
+        assert!(q.offer(Class::Control, 3, 1200, cap));
+        assert!(q.interrupt(Class::Control, 700_000, kbps));
+        let control = q.start_next(700_000, bytes).unwrap();
+        assert_eq!((control.id, control.at), (3, 1_000_000));
+        assert_eq!(q.finish(), Some(3));
+        let stream = q.start_next(2_000_000, bytes).unwrap();
+        assert_eq!((stream.id, stream.bytes, stream.resumed), (2, 1200, true));
+        assert_eq!(q.finish(), Some(2));
+        let rest = q.start_next(3_000_000, bytes).unwrap();
+        assert_eq!((rest.id, rest.bytes), (1, 10_800));
+        assert_eq!(q.clear(), vec![1]);
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
     fn queue_bound_drops_at_the_tail() {
         let mut q = UploadQueue::default();
         assert!(q.offer(Class::Stream, 1, 600, 1000));
@@ -404,7 +558,7 @@ mod tests {
         assert!(q.offer(Class::Control, 3, 400, 1000));
         assert_eq!(q.queued_bytes(), 1000);
         // Bytes in transmission still count until they have left.
-        assert_eq!(q.start_next(|id| if id == 3 { 400 } else { 600 }), Some(3));
+        assert_eq!(q.start_next(0, |id| if id == 3 { 400 } else { 600 }).map(|s| s.id), Some(3));
         assert!(!q.offer(Class::Control, 4, 1, 1000));
         assert_eq!(q.finish(), Some(3));
         assert!(q.offer(Class::Control, 4, 400, 1000));

@@ -91,8 +91,9 @@ enum Kind {
     /// The publisher ingests the end of chunk `seq`.
     Publish(u64),
     Join(u32),
-    /// The message at the head of this node's upload has been serialized.
-    UploadDone(u32),
+    /// The message at the head of this node's upload has been serialized, unless the
+    /// upload's epoch has moved on (it was interrupted: see `net::UploadQueue`).
+    UploadDone(u32, u32),
     /// A message's last packet reaches the receiver's download link.
     Arrive(u32),
     /// A message has passed the receiver's download link.
@@ -319,7 +320,7 @@ pub fn simulate(sc: &Scenario, seed: u64, progress: bool) -> anyhow::Result<Resu
             Kind::Timer(i) => sim.on_timer(i, at),
             Kind::Publish(seq) => sim.publish(&key, &payload, seq),
             Kind::Join(i) => sim.join(i),
-            Kind::UploadDone(i) => sim.w.upload_done(i),
+            Kind::UploadDone(i, epoch) => sim.w.upload_done(i, epoch),
             Kind::Arrive(f) => sim.w.arrive(f),
             Kind::Deliver(f) => sim.deliver(f),
             Kind::Churn => sim.churn(leave_per_s, viewers),
@@ -595,7 +596,7 @@ impl World {
             self.free(f);
             return;
         }
-        if !slot.upload.is_busy() {
+        if !slot.upload.is_busy() || slot.upload.interrupt(t.class, self.now, slot.info.upload_kbps) {
             self.start_upload(from);
         }
     }
@@ -611,33 +612,47 @@ impl World {
         loop {
             let flights = &self.flights;
             let slot = &mut self.slots[i as usize];
-            let Some(f) = slot.upload.start_next(|f| flights[f as usize].wire.bytes) else { return };
+            let Some(start) = slot.upload.start_next(self.now, |f| flights[f as usize].wire.bytes) else {
+                return;
+            };
+            let f = start.id;
             if self.flights[f as usize].deadline_ns <= self.now {
                 slot.upload.finish();
                 self.abandoned += 1;
+                if start.resumed {
+                    // What left before it was interrupted.
+                    let fl = &self.flights[f as usize];
+                    let sent = fl.wire.bytes - start.bytes;
+                    slot.wire_sent += sent;
+                    self.bytes_by_message[usize::from(fl.kind)] += sent;
+                    if i == 0 {
+                        self.publisher_bytes_by_message[usize::from(fl.kind)] += sent;
+                    }
+                }
                 self.free(f);
                 continue;
             }
-            let done =
-                self.now + net::serialization_ns(self.flights[f as usize].wire.bytes, slot.info.upload_kbps);
+            let done = start.at + net::serialization_ns(start.bytes, slot.info.upload_kbps);
             let fl = &mut self.flights[f as usize];
-            fl.started_ns = self.now;
-            if usize::from(fl.kind) == KIND_CHUNK {
-                let wait_us = (self.now - fl.queued_ns) / 1000;
-                match fl.class {
-                    Class::Background => self.queue_wait_repair.record(wait_us),
-                    _ => self.queue_wait_push.record(wait_us),
+            if !start.resumed {
+                fl.started_ns = start.at;
+                if usize::from(fl.kind) == KIND_CHUNK {
+                    let wait_us = (start.at - fl.queued_ns) / 1000;
+                    match fl.class {
+                        Class::Background => self.queue_wait_repair.record(wait_us),
+                        _ => self.queue_wait_push.record(wait_us),
+                    }
                 }
             }
-            self.push(done, Kind::UploadDone(i));
+            self.push(done, Kind::UploadDone(i, start.epoch));
             return;
         }
     }
 
-    fn upload_done(&mut self, i: u32) {
+    fn upload_done(&mut self, i: u32, epoch: u32) {
         let slot = &mut self.slots[i as usize];
-        if slot.life != Life::Alive {
-            return; // gone: its queue was emptied
+        if slot.life != Life::Alive || slot.upload.epoch() != epoch {
+            return; // gone (its queue was emptied), or this part was interrupted
         }
         let Some(f) = slot.upload.finish() else { return };
         let (to, wire, started, kind) = {
