@@ -1945,7 +1945,7 @@ impl Node {
                 if m.have.spare_home > 0 {
                     m.have.spare_home -= 1;
                 } else {
-                    m.have.home_leaves -= 1;
+                    m.have.home_leaves = m.have.home_leaves.saturating_sub(1);
                 }
             }
             tracing::trace!(stripe = s, to = %pick, depth, to_depth = best_depth, "move up");

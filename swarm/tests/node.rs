@@ -1508,7 +1508,7 @@ impl Deep {
     }
 }
 
-/// A node (from 100 on) whose home stripe is `stripe`.
+/// The first node numbered `from` or above whose home stripe is `stripe`.
 fn homed_in(stripe: u8, from: u32) -> PeerInfo {
     (from..)
         .map(|i| info(i, 8000, false))

@@ -622,12 +622,7 @@ impl World {
                 if start.resumed {
                     // What left before it was interrupted.
                     let fl = &self.flights[f as usize];
-                    let sent = fl.wire.bytes - start.bytes;
-                    slot.wire_sent += sent;
-                    self.bytes_by_message[usize::from(fl.kind)] += sent;
-                    if i == 0 {
-                        self.publisher_bytes_by_message[usize::from(fl.kind)] += sent;
-                    }
+                    self.count_sent(i, usize::from(fl.kind), fl.wire.bytes - start.bytes);
                 }
                 self.free(f);
                 continue;
@@ -661,16 +656,20 @@ impl World {
         };
         let delay = self.delays.one_way_ns(i, to);
         let tx = net::transmit(&mut self.loss, wire, started, self.now, delay);
-        let sent = wire.bytes + tx.retransmitted_bytes;
-        self.slots[i as usize].wire_sent += sent;
+        self.count_sent(i, kind, wire.bytes + tx.retransmitted_bytes);
         self.retransmitted_bytes += tx.retransmitted_bytes;
-        self.bytes_by_message[kind] += sent;
-        if i == 0 {
-            self.publisher_bytes_by_message[kind] += sent;
-        }
         self.flights[f as usize].packets_sent += tx.retransmitted_packets;
         self.push(tx.last_arrival_ns, Kind::Arrive(f));
         self.start_upload(i);
+    }
+
+    /// Wire bytes node `i` sent of a message of `kind`, in its totals and the run's.
+    fn count_sent(&mut self, i: u32, kind: usize, bytes: u64) {
+        self.slots[i as usize].wire_sent += bytes;
+        self.bytes_by_message[kind] += bytes;
+        if i == 0 {
+            self.publisher_bytes_by_message[kind] += bytes;
+        }
     }
 
     fn arrive(&mut self, f: u32) {

@@ -324,7 +324,8 @@ no `netem`, propagation delay, jitter and loss are added by a userspace forwarde
 holds each packet from host A to host B for A's access delay plus B's; it runs in a \
 real-time scheduling class so that the processes under test do not make it late, and \
 swarm runs report how late it was (`checks.forwarder_timeliness`) and how much CPU the \
-virtual machine's host took (`checks.cpu_steal`). NATed hosts sit behind a namespace of their own with an nftables masquerade. All namespaces share one \
+virtual machine's host took (`checks.cpu_steal`). NATed hosts sit behind a namespace of \
+their own with an nftables masquerade. All namespaces share one \
 clock, and every chunk carries the publisher's ingest time, so arrival lag is measured \
 across processes without clock correction. The testbed removes every namespace, veth, \
 qdisc and process it made, also on failure and Ctrl-C, and each run checks that.";
